@@ -1,0 +1,209 @@
+"""The ``study`` command line: train one cell, verify the machinery, run and analyze studies."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import (INITS, OPTIMIZERS, SCHEDULER_INTERVALS, SCHEDULERS, ConfigError,
+                     TrainConfig)
+from .data import DataNotFoundError
+
+BUNDLED_MINI = Path(__file__).resolve().parent.parent / "tests" / "data" / "cifar10-mini"
+TRUE_WORDS = ("true", "on", "yes", "1")
+FALSE_WORDS = ("false", "off", "no", "0")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("device='cuda' was asked for but no CUDA GPU is visible; "
+                                 "use --device cpu or auto", param_hint="--device")
+    return device
+
+
+def parse_bool(value: str | bool, name: str = "bn") -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in TRUE_WORDS:
+        return True
+    if v in FALSE_WORDS:
+        return False
+    raise click.BadParameter(f"{value!r} is not allowed; use one of: {', '.join(TRUE_WORDS + FALSE_WORDS)}",
+                             param_hint=f"--{name}")
+
+
+def limit_or_none(value: int | None) -> int | None:
+    """0 (MLproject's way to say 'no limit') and None both mean the whole split."""
+    return None if not value else value
+
+
+def tracking_options(f):
+    f = click.option("--experiment", "experiment", default=None, metavar="NAME",
+                     help="MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME, else 'optstudy').")(f)
+    f = click.option("--tracking-uri", default=None, metavar="URI",
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's "
+                          "default store, sqlite:///mlflow.db in the current directory).")(f)
+    return f
+
+
+def data_options(f):
+    f = click.option("--download", is_flag=True,
+                     help="Fetch the official CIFAR-10 archive through torchvision if missing (needs internet).")(f)
+    f = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Where decoded tensors are cached (default: $OPTSTUDY_CACHE_DIR, else ~/.cache/optstudy).")(f)
+    f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="CIFAR-10 directory, torchvision 'cifar-10-batches-py' or ImageFolder "
+                          "train/<class>/ test/<class>/ layout (default: $CIFAR10_DIR, else ./data).")(f)
+    return f
+
+
+def use_experiment(tracking_uri: str | None, experiment: str | None) -> None:
+    import mlflow
+
+    from .tracking import configure_tracking
+
+    configure_tracking(tracking_uri)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return  # inside `mlflow run`: the run and its experiment already exist
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "optstudy"
+    mlflow.set_experiment(name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="optstudy")
+def main() -> None:
+    """optstudy: which optimizer, BatchNorm, init and LR-schedule differences on a small CIFAR-10
+    CNN are real, and which are seed noise. Every run is tracked in MLflow."""
+
+
+@main.command()
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
+              help="manual_* are the lecture's hand-written update rules; sgd/adam are torch.optim.")
+@click.option("--bn", "bn", default="false", is_flag=False, flag_value="true", metavar="[true|false]",
+              help="Use CNNWithBN (BatchNorm after each conv and hidden fc layer). '--bn' alone means true.")
+@click.option("--no-bn", "no_bn", is_flag=True, help="Use the plain CNN (the default).")
+@click.option("--init", type=click.Choice(INITS), default="default", show_default=True,
+              help="Weight init: PyTorch's default, kaiming_normal_ or xavier_uniform_ (biases 0.01).")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="none", show_default=True,
+              help="LR schedule: StepLR (step_size, gamma) or ExponentialLR (gamma).")
+@click.option("--scheduler-interval", type=click.Choice(SCHEDULER_INTERVALS), default="epoch",
+              show_default=True,
+              help="When the scheduler steps; 'never' is the lecture as written (built, never stepped).")
+@click.option("--step-size", type=click.IntRange(min=1), default=30, show_default=True,
+              help="StepLR: scheduler steps between decays.")
+@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Decay factor of StepLR and ExponentialLR.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Run seed; init and data-order seeds derive from it.")
+@click.option("--init-seed", type=click.IntRange(min=0), default=None, help="Override the weight-init seed.")
+@click.option("--data-seed", type=click.IntRange(min=0), default=None, help="Override the batch-order seed.")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="Training epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Training batch size.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.001, show_default=True,
+              help="(Initial) learning rate.")
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="Adam beta1.")
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True, help="Adam beta2.")
+@click.option("--eps", type=click.FloatRange(0, min_open=True), default=1e-8, show_default=True, help="Adam epsilon.")
+@click.option("--train-limit", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Use a seeded, class-stratified subset of N training images (0 = all 50,000).")
+@click.option("--test-limit", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Use a seeded, class-stratified subset of N test images (0 = all 10,000).")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
+              help="Where to train.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's choice). Logged; keep it fixed where results must match bit for bit.")
+@click.option("--log-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Batches per logged running-mean train_loss point.")
+@click.option("--log-model/--no-log-model", default=True, show_default=True,
+              help="Log the trained model to MLflow.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@data_options
+@tracking_options
+def train(**kw) -> None:
+    """Train one cell of the study for one seed, logged as one MLflow run.
+
+    \b
+    Example:
+      study train --optimizer adam --bn --init kaiming --scheduler step --seed 3
+    """
+    from .data import load_cifar10
+    from .tracking import run_cell
+
+    bn = False if kw.pop("no_bn") else parse_bool(kw.pop("bn"))
+    try:
+        cfg = TrainConfig(
+            optimizer=kw["optimizer"], bn=bn, init=kw["init"], scheduler=kw["scheduler"],
+            scheduler_interval=kw["scheduler_interval"], step_size=kw["step_size"], gamma=kw["gamma"],
+            lr=kw["lr"], beta1=kw["beta1"], beta2=kw["beta2"], eps=kw["eps"],
+            batch_size=kw["batch_size"], epochs=kw["epochs"], seed=kw["seed"],
+            init_seed=kw["init_seed"], data_seed=kw["data_seed"],
+            train_limit=limit_or_none(kw["train_limit"]), test_limit=limit_or_none(kw["test_limit"]),
+            device=resolve_device(kw["device"]), threads=kw["threads"], log_every=kw["log_every"])
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        data = load_cifar10(kw["data_dir"] or None, cache_dir=kw["cache_dir"] or None,
+                            download=kw["download"])
+    except DataNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    use_experiment(kw["tracking_uri"], kw["experiment"])
+    outcome = run_cell(cfg, data=data, log_model_artifact=kw["log_model"], progress=not kw["quiet"])
+    r = outcome.result
+    if not kw["quiet"]:
+        click.echo(f"{cfg.run_name}: {outcome.status}, test accuracy {r.test_accuracy:.2f}% "
+                   f"(test loss {r.test_loss:.4f}), {r.steps} steps at {r.steps_per_second:.0f} steps/s; "
+                   f"MLflow run {outcome.run_id}")
+    if outcome.status != "FINISHED":
+        click.echo(f"run {outcome.run_id} {outcome.error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="CIFAR-10 directory (default: $CIFAR10_DIR if set, else the small real subset "
+                   "bundled with the tests).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Decoded-tensor cache.")
+@click.option("--train-limit", type=click.IntRange(min=0), default=400, show_default=True,
+              help="Training images used by the determinism check (0 = all).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def verify(data_dir, cache_dir, train_limit, threads) -> None:
+    """Check determinism, hand-written vs torch.optim optimizers, and that every grid cell learns.
+
+    Prints a table; exits non-zero if any check fails.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data import load_cifar10, prepare
+    from .train import set_threads
+    from .verify import run_checks
+
+    set_threads(threads)
+    root = data_dir or os.environ.get("CIFAR10_DIR") or BUNDLED_MINI
+    try:
+        data = load_cifar10(root, cache_dir=cache_dir)
+    except DataNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    prepared = prepare(data, train_limit=limit_or_none(train_limit), test_limit=200, subset_seed=0)
+    checks = run_checks(prepared)
+    table = Table(title=f"study verify on {data.info.path} ({len(prepared.train_y)} train images)")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for c in checks:
+        table.add_row(c.name, "[green]PASS[/]" if c.passed else "[red]FAIL[/]", c.detail)
+    Console().print(table)
+    if not all(c.passed for c in checks):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

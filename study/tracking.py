@@ -1,0 +1,208 @@
+"""One cell and seed as one complete MLflow run: params, tags, dataset, curves, model.
+
+Everything that can fail before training (bad config, missing data) fails before a run is
+created, so a mistake never leaves a half-logged run behind. Inside ``mlflow run`` the cell
+logs into the run that ``mlflow run`` created (``MLFLOW_RUN_ID``), never a second one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+from .config import TrainConfig, run_key
+from .data import Cifar10, DataInfo, load_cifar10, prepare
+from .train import TrainResult, set_threads, train
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MLFLOW_BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    run_key: str
+    status: str  # "FINISHED" or "FAILED"
+    result: TrainResult | None
+    error: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """The git commit of the code that ran, and whether the work tree had changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def run_tags(cfg: TrainConfig, info: DataInfo, key: str, threads: int) -> dict[str, str]:
+    """Tags that make a run findable in the UI (``tags.optimizer = 'adam'``) and by the runner."""
+    return {
+        "run_key": key, "cell": cfg.cell, "seed": str(cfg.seed),
+        "optimizer": cfg.optimizer, "bn": str(cfg.bn).lower(), "init": cfg.init,
+        "scheduler": cfg.scheduler, "scheduler_interval": cfg.effective_interval,
+        "data_layout": info.layout, "data_path": info.path, "data_fingerprint": info.fingerprint,
+        "data_encoding": info.encoding, "torch_version": torch.__version__, "device": cfg.device,
+        "torch_threads": str(threads), "python_version": platform.python_version(),
+        **code_version(),
+    }
+
+
+def run_params(cfg: TrainConfig) -> dict[str, str]:
+    params = {k: ("" if v is None else v) for k, v in asdict(cfg).items()}
+    params["resolved_init_seed"] = cfg.resolved_init_seed
+    params["resolved_data_seed"] = cfg.resolved_data_seed
+    return params
+
+
+def log_dataset(info: DataInfo, n_train: int, n_test: int) -> None:
+    """Record the data as an MLflow dataset input (shown in the run's 'Datasets' panel)."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    for split, context, n in (("train", "training", n_train), ("test", "testing", n_test)):
+        ds = MetaDataset(LocalArtifactDatasetSource(f"{info.path}/{split}"),
+                         name=f"cifar10-{info.encoding}-{split}", digest=info.fingerprint[:16])
+        mlflow.log_input(ds, context=context, tags={"examples": str(n), "layout": info.layout,
+                                                    "fingerprint": info.fingerprint})
+
+
+class _MetricBuffer:
+    """Collect metrics and write them in batches: a few database writes per epoch, not per point."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id, self.pending = client, run_id, []
+
+    def __call__(self, name: str, value: float, step: int) -> None:
+        self.pending.append(Metric(name, value, int(time.time() * 1000), step))
+        if name == "epoch_seconds":  # the last metric of each epoch: flush, so the UI is live
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), MLFLOW_BATCH):
+            self.client.log_batch(self.run_id, metrics=self.pending[i:i + MLFLOW_BATCH])
+        self.pending = []
+
+
+def log_model(model: torch.nn.Module) -> None:
+    """Log the trained model with a signature and input example, and explicit requirements
+    (inferring them would import-scan the environment and cost more than a short run)."""
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # batch 2: export keeps the batch dim dynamic
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, out),
+                             input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+def run_cell(cfg: TrainConfig, *, data: Cifar10 | None = None, data_dir: str | Path | None = None,
+             cache_dir: str | Path | None = None, log_model_artifact: bool = True,
+             checkpoint: Path | None = None, parent_run_id: str | None = None,
+             experiment_id: str | None = None, extra_tags: dict[str, str] | None = None,
+             progress: bool = False) -> RunOutcome:
+    """Train one cell for one seed inside an MLflow run and log everything about it.
+
+    Args:
+      cfg: the run's settings (already validated by :class:`TrainConfig`).
+      data: decoded CIFAR-10; loaded from ``data_dir`` / ``cache_dir`` when not given. Loading
+        happens before the run is created, so missing data leaves no run behind.
+      log_model_artifact: log the trained model with ``mlflow.pytorch``.
+      checkpoint: per-epoch checkpoint file to resume from and to write (see :func:`train`).
+      parent_run_id: make this a nested child of that run (a study's parent run).
+      experiment_id: the experiment to log to (default: the active one).
+      extra_tags: more tags (e.g. the study's name).
+      progress: show a progress bar.
+
+    Returns:
+      A :class:`RunOutcome`. A diverged run ends with status FAILED and tags
+      ``diverged=true`` and ``diverged_step``; an exception marks the run FAILED (KILLED on
+      Ctrl-C) and is re-raised.
+    """
+    if data is None:
+        data = load_cifar10(data_dir, cache_dir=cache_dir)
+    threads = set_threads(cfg.threads)
+    prepared = prepare(data, train_limit=cfg.train_limit, test_limit=cfg.test_limit,
+                       subset_seed=cfg.subset_seed, device=cfg.device)
+    key = run_key(cfg, data.info.fingerprint)
+    tags = {**run_tags(cfg, data.info, key, threads), **(extra_tags or {})}
+
+    client = MlflowClient()
+    active = mlflow.active_run()
+    run = mlflow.start_run(run_name=cfg.run_name, experiment_id=experiment_id,
+                           parent_run_id=parent_run_id, nested=active is not None and parent_run_id is None,
+                           tags=tags, description=_description(cfg, data.info))
+    run_id = run.info.run_id
+    try:
+        # `mlflow run` created this run without our name: give it the readable one.
+        mlflow.set_tag("mlflow.runName", cfg.run_name)
+        mlflow.log_params(run_params(cfg))
+        log_dataset(data.info, len(prepared.train_y), len(prepared.test_y))
+        buffer = _MetricBuffer(client, run_id)
+        result = train(cfg, prepared, sink=buffer, checkpoint=checkpoint, run_key=key, progress=progress)
+        buffer.flush()
+        summary = {
+            "train_seconds": result.train_seconds, "steps_per_second": result.steps_per_second,
+            "examples_per_second": result.steps_per_second * cfg.batch_size,
+            "steps": result.steps, "epochs_completed": result.epochs_completed,
+        }
+        if not result.diverged:
+            summary["final_test_accuracy"] = result.test_accuracy
+            summary["final_test_loss"] = result.test_loss
+            summary["final_train_loss"] = result.final_train_loss
+        mlflow.log_metrics(summary, step=result.steps)
+        if result.resumed_from_epoch:
+            mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
+        if result.diverged:
+            mlflow.set_tags({"diverged": "true", "diverged_step": str(result.diverged_step)})
+            mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
+            return RunOutcome(run_id, key, "FAILED", result, f"diverged at step {result.diverged_step}")
+        mlflow.set_tag("diverged", "false")
+        if log_model_artifact and result.model is not None:
+            log_model(result.model)
+        mlflow.end_run(status="FINISHED")
+        return RunOutcome(run_id, key, "FINISHED", result)
+    except KeyboardInterrupt:
+        mlflow.set_tag("interrupted", "true")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as exc:
+        try:
+            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+        finally:
+            mlflow.end_run(status="FAILED")
+        raise
+
+
+def _description(cfg: TrainConfig, info: DataInfo) -> str:
+    return (f"Cell `{cfg.cell}`, seed {cfg.seed}: {cfg.optimizer}, "
+            f"{'CNNWithBN' if cfg.bn else 'CNN'}, init {cfg.init}, scheduler {cfg.scheduler} "
+            f"(stepped: {cfg.effective_interval}), lr {cfg.lr}, batch {cfg.batch_size}, "
+            f"{cfg.epochs} epochs, on CIFAR-10 ({info.layout}, {info.encoding}, "
+            f"fingerprint {info.fingerprint[:12]}).")
+
+
+def configure_tracking(tracking_uri: str | None) -> None:
+    """Use ``tracking_uri`` if given (else ``MLFLOW_TRACKING_URI``, else MLflow's default)."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,61 @@
+"""Shared fixtures: the bundled real CIFAR-10 subset, a private cache and MLflow store per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MINI = Path(__file__).parent / "data" / "cifar10-mini"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    return MINI
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def mini_data(session_cache):
+    from study.data import load_cifar10
+
+    return load_cifar10(MINI, cache_dir=session_cache)
+
+
+@pytest.fixture(scope="session")
+def mini_prepared(mini_data):
+    from study.data import prepare
+
+    return prepare(mini_data, train_limit=None, test_limit=None, subset_seed=0)
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh MLflow store (SQLite, MLflow's default kind) in this test's tmp dir."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def all_runs(uri: str):
+    """Every run in every experiment of a store, as Run objects."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, max_results=5000) if exps else []
