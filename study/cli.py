@@ -205,5 +205,196 @@ def verify(data_dir, cache_dir, train_limit, threads) -> None:
         sys.exit(1)
 
 
+def filter_options(f):
+    """--optimizer/--bn/--init/--scheduler as filters over a grid's cells (a level or a comma list)."""
+    for name, levels in reversed((("optimizer", OPTIMIZERS), ("bn", ("on", "off")), ("init", INITS),
+                                  ("scheduler", SCHEDULERS))):
+        f = click.option(f"--{name}", f"{name}_filter", default="all", show_default=True, metavar="LEVELS",
+                         help=f"Only cells with these {name} levels: a level or a comma list of "
+                              f"{', '.join(levels)}, or 'all'.")(f)
+    return f
+
+
+class _Budget(click.ParamType):
+    """A whole number, or '' / 'grid' for "keep the grid's value" (how the MLproject says 'unset')."""
+
+    name = "N"
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text in ("", "grid"):
+            return None
+        try:
+            number = int(float(text))
+        except ValueError:
+            self.fail(f"{value!r} is not allowed; give a whole number >= {self.minimum}, or 'grid'", param, ctx)
+        if number < self.minimum or number != float(text):
+            self.fail(f"{value!r} is not allowed; give a whole number >= {self.minimum}, or 'grid'", param, ctx)
+        return number
+
+
+def budget_options(f):
+    f = click.option("--test-limit", type=_Budget(0), default=None,
+                     help="Override the grid's test subset size for every cell (0 = all 10,000).")(f)
+    f = click.option("--train-limit", type=_Budget(0), default=None,
+                     help="Override the grid's training subset size for every cell (0 = all 50,000).")(f)
+    f = click.option("--epochs", type=_Budget(1), default=None,
+                     help="Override the grid's epochs for every cell.")(f)
+    f = click.option("--seeds", type=_Budget(1), default=None,
+                     help="Run seeds 0..N-1 (default: the grid's 'seeds').")(f)
+    return f
+
+
+def _load_selection(grid_file, kw):
+    from .grid import GridError, load_grid, parse_filter, select
+
+    try:
+        grid = load_grid(grid_file)
+        filters = {k: parse_filter(k, kw.pop(f"{k}_filter")) for k in ("optimizer", "bn", "init", "scheduler")}
+        cells = select(grid, filters)
+    except GridError as exc:
+        raise click.UsageError(str(exc)) from exc
+    seeds = list(range(kw["seeds"])) if kw.get("seeds") else grid.seeds
+    overrides = {}
+    if kw.get("epochs"):
+        overrides["epochs"] = kw["epochs"]
+    for k in ("train_limit", "test_limit"):
+        if kw.get(k) is not None:
+            overrides[k] = limit_or_none(kw[k])
+    try:  # every cell must accept the overrides before anything runs
+        for c in cells:
+            c.config(seeds[0], **overrides)
+    except ConfigError as exc:
+        raise click.UsageError(f"{grid_file}: {exc}") from exc
+    return grid, cells, seeds, overrides
+
+
+@main.command("grid")
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@filter_options
+@budget_options
+def grid_cmd(grid_file, **kw) -> None:
+    """Print the cells of GRID_FILE (after filters) and the number of runs; runs nothing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    grid, cells, seeds, overrides = _load_selection(grid_file, kw)
+    table = Table(title=f"{grid.name}: {len(cells)} cells x {len(seeds)} seeds = {len(cells) * len(seeds)} runs")
+    for col in ("#", "cell", "optimizer", "bn", "init", "scheduler", "stepped", "epochs", "train", "reported"):
+        table.add_column(col)
+    for i, c in enumerate(cells, 1):
+        cfg = c.config(seeds[0], **overrides)
+        table.add_row(str(i), c.name, cfg.optimizer, "on" if cfg.bn else "off", cfg.init, cfg.scheduler,
+                      cfg.effective_interval, str(cfg.epochs), str(cfg.train_limit or "all"),
+                      "" if c.reported_accuracy is None else f"{c.reported_accuracy:g}%")
+    Console(width=200).print(table)
+    click.echo(f"seeds: {', '.join(map(str, seeds))}")
+    click.echo(f"runs: {len(cells) * len(seeds)}")
+
+
+@main.command("run")
+@click.argument("grid_file", type=click.Path(dir_okay=False), default="experiments/factorial.yaml")
+@filter_options
+@budget_options
+@click.option("--study", "study_name", default=None, help="Study name (default: the grid's name).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel worker processes (or concurrent Ray tasks).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per worker (default: cores // workers). Keep it fixed where results must match bit for bit.")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
+              help="Where to train.")
+@click.option("--executor", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="local worker processes, or Ray tasks (a local Ray instance or --ray-address).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster address (e.g. ray://head:10001 or auto); default starts a local Ray.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default="study-work", show_default=True,
+              help="Checkpoints and the study lock (on a cluster: a directory every node shares).")
+@click.option("--log-model/--no-log-model", default=True, show_default=True, help="Log each trained model.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the closing summary.")
+@data_options
+@tracking_options
+def run_cmd(grid_file, **kw) -> None:
+    """Run a study: every cell of GRID_FILE over seeds, as child runs of one parent MLflow run.
+
+    Resumable: running it again skips runs already FINISHED, marks interrupted ones and resumes
+    them from their last epoch checkpoint. Exits 0 only if every run finished.
+
+    \b
+    Examples:
+      study run experiments/smoke.yaml --seeds 2 --workers 2
+      study run experiments/factorial.yaml --optimizer adam --bn on --seeds 5
+    """
+    from .data import load_cifar10
+    from .runner import StudyError, run_study
+    from .tracking import configure_tracking
+
+    grid, cells, seeds, overrides = _load_selection(grid_file, kw)
+    data_dir = kw["data_dir"] or None
+    try:
+        load_cifar10(data_dir, cache_dir=kw["cache_dir"] or None, download=kw["download"])
+    except DataNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    configure_tracking(kw["tracking_uri"])
+    total = len(cells) * len(seeds)
+    progress = _StudyProgress(total, quiet=kw["quiet"])
+    try:
+        with progress:
+            summary = run_study(
+                grid, cells, seeds=seeds, overrides=overrides, study=kw["study_name"],
+                workers=kw["workers"], threads=kw["threads"], device=resolve_device(kw["device"]),
+                executor=kw["executor"], ray_address=kw["ray_address"], experiment=kw["experiment"],
+                work_dir=kw["work_dir"], data_dir=data_dir, cache_dir=kw["cache_dir"] or None,
+                log_model=kw["log_model"], on_result=progress.update)
+    except StudyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"study {summary.study}: {summary.skipped + summary.finished}/{summary.total} runs FINISHED "
+               f"({summary.skipped} already done, {summary.finished} now), {len(summary.failed)} failed, "
+               f"{summary.seconds:.1f} s; parent run {summary.parent_run_id}")
+    if summary.interrupted_marked:
+        click.echo(f"marked {summary.interrupted_marked} run(s) left RUNNING by an interrupted driver as KILLED")
+    for name, reason in summary.failed:
+        click.echo(f"  FAILED {name}: {reason}", err=True)
+    sys.exit(0 if summary.ok else 1)
+
+
+class _StudyProgress:
+    """Runs done / total, ETA and failures so far: a live bar on a terminal, else one line per run."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet, self.failures = total, quiet, 0
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("study"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("failed: {task.fields[failed]}"), TimeRemainingColumn())
+            self.task = self.bar.add_task("study", total=None, failed=0)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def update(self, res: dict, done: int, todo: int) -> None:
+        self.failures += res["status"] != "FINISHED"
+        if self.bar:
+            self.bar.update(self.task, total=todo, completed=done, failed=self.failures)
+        elif not self.quiet:
+            acc = res.get("test_accuracy")
+            extra = f" {acc:.2f}%" if res["status"] == "FINISHED" and acc == acc else f" ({res.get('error')})"
+            click.echo(f"[{done}/{todo}] {res['name']} {res['status']}{extra} in {res['seconds']:.1f} s; "
+                       f"failed so far: {self.failures}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

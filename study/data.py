@@ -305,7 +305,9 @@ def load_cifar10(data_dir: str | Path | None = None, *, cache_dir: str | Path | 
         if loaded is None:
             t0 = time.perf_counter()
             decode = _decode_torchvision if layout == "torchvision" else _decode_imagefolder
-            tx, ty, vx, vy = decode(src)
+            # C-contiguous, as a cached load returns them: np.stack of HWC->CHW views is
+            # channels-last in memory, which breaks `x.view` in the models and changes conv bits.
+            tx, ty, vx, vy = (np.ascontiguousarray(a) for a in decode(src))
             arrays = {"train_x": tx, "train_y": ty, "test_x": vx, "test_y": vy}
             meta = {"fingerprint": fingerprint, "layout": layout, "path": str(src),
                     "encoding": _encoding(layout, src), "decode_seconds": time.perf_counter() - t0}

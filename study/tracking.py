@@ -65,7 +65,9 @@ def run_tags(cfg: TrainConfig, info: DataInfo, key: str, threads: int) -> dict[s
 
 
 def run_params(cfg: TrainConfig) -> dict[str, str]:
-    params = {k: ("" if v is None else v) for k, v in asdict(cfg).items()}
+    """The whole config as MLflow params (bools as true/false, unset values as "")."""
+    params = {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v)
+              for k, v in asdict(cfg).items()}
     params["resolved_init_seed"] = cfg.resolved_init_seed
     params["resolved_data_seed"] = cfg.resolved_data_seed
     return params
@@ -155,7 +157,10 @@ def run_cell(cfg: TrainConfig, *, data: Cifar10 | None = None, data_dir: str | P
     try:
         # `mlflow run` created this run without our name: give it the readable one.
         mlflow.set_tag("mlflow.runName", cfg.run_name)
-        mlflow.log_params(run_params(cfg))
+        # `mlflow run` has already logged its -P values (MLflow forbids changing a param);
+        # they say the same as ours, so ours fill in only the rest.
+        already = client.get_run(run_id).data.params
+        mlflow.log_params({k: v for k, v in run_params(cfg).items() if k not in already})
         log_dataset(data.info, len(prepared.train_y), len(prepared.test_y))
         buffer = _MetricBuffer(client, run_id)
         result = train(cfg, prepared, sink=buffer, checkpoint=checkpoint, run_key=key, progress=progress)
