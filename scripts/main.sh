@@ -11,7 +11,7 @@ if [ -z "${CIFAR10_DIR:-}" ] && [ ! -d data ]; then
   exit 2
 fi
 export CIFAR10_DIR="${CIFAR10_DIR:-data}"
-mlflow run . --env-manager local "$@"
+mlflow run . --env-manager local -P grid=experiments/lecture.yaml -P workers=2 "$@"
 echo
 echo "Results are in MLflow's store ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}."
 echo "Browse them with:  .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}  (then open http://127.0.0.1:5000)"
