@@ -73,16 +73,20 @@ def run_params(cfg: TrainConfig) -> dict[str, str]:
     return params
 
 
-def log_dataset(info: DataInfo, n_train: int, n_test: int) -> None:
-    """Record the data as an MLflow dataset input (shown in the run's 'Datasets' panel)."""
+def log_dataset(client: MlflowClient, run_id: str, info: DataInfo, n_train: int, n_test: int) -> None:
+    """Record the data as MLflow dataset inputs (the run's 'Datasets' panel): train and test."""
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
 
+    inputs = []
     for split, context, n in (("train", "training", n_train), ("test", "testing", n_test)):
         ds = MetaDataset(LocalArtifactDatasetSource(f"{info.path}/{split}"),
                          name=f"cifar10-{info.encoding}-{split}", digest=info.fingerprint[:16])
-        mlflow.log_input(ds, context=context, tags={"examples": str(n), "layout": info.layout,
-                                                    "fingerprint": info.fingerprint})
+        tags = {"mlflow.data.context": context, "examples": str(n), "layout": info.layout,
+                "fingerprint": info.fingerprint}
+        inputs.append(DatasetInput(ds._to_mlflow_entity(), [InputTag(k, v) for k, v in tags.items()]))
+    client.log_inputs(run_id, datasets=inputs)
 
 
 class _MetricBuffer:
@@ -157,35 +161,12 @@ def run_cell(cfg: TrainConfig, *, data: Cifar10 | None = None, data_dir: str | P
     try:
         # `mlflow run` created this run without our name: give it the readable one.
         mlflow.set_tag("mlflow.runName", cfg.run_name)
-        # `mlflow run` has already logged its -P values (MLflow forbids changing a param);
-        # they say the same as ours, so ours fill in only the rest.
-        already = client.get_run(run_id).data.params
-        mlflow.log_params({k: v for k, v in run_params(cfg).items() if k not in already})
-        log_dataset(data.info, len(prepared.train_y), len(prepared.test_y))
-        buffer = _MetricBuffer(client, run_id)
-        result = train(cfg, prepared, sink=buffer, checkpoint=checkpoint, run_key=key, progress=progress)
-        buffer.flush()
-        summary = {
-            "train_seconds": result.train_seconds, "steps_per_second": result.steps_per_second,
-            "examples_per_second": result.steps_per_second * cfg.batch_size,
-            "steps": result.steps, "epochs_completed": result.epochs_completed,
-        }
-        if not result.diverged:
-            summary["final_test_accuracy"] = result.test_accuracy
-            summary["final_test_loss"] = result.test_loss
-            summary["final_train_loss"] = result.final_train_loss
-        mlflow.log_metrics(summary, step=result.steps)
-        if result.resumed_from_epoch:
-            mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
-        if result.diverged:
-            mlflow.set_tags({"diverged": "true", "diverged_step": str(result.diverged_step)})
-            mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
-            return RunOutcome(run_id, key, "FAILED", result, f"diverged at step {result.diverged_step}")
-        mlflow.set_tag("diverged", "false")
-        if log_model_artifact and result.model is not None:
-            log_model(result.model)
-        mlflow.end_run(status="FINISHED")
-        return RunOutcome(run_id, key, "FINISHED", result)
+        _log_inputs(client, run_id, cfg, data.info, prepared)
+        result = train(cfg, prepared, sink=_MetricBuffer(client, run_id), checkpoint=checkpoint,
+                       run_key=key, progress=progress)
+        outcome = _finish(client, run_id, key, cfg, result, log_model_artifact)
+        mlflow.end_run(status=outcome.status)
+        return outcome
     except KeyboardInterrupt:
         mlflow.set_tag("interrupted", "true")
         mlflow.end_run(status="KILLED")
@@ -196,6 +177,49 @@ def run_cell(cfg: TrainConfig, *, data: Cifar10 | None = None, data_dir: str | P
         finally:
             mlflow.end_run(status="FAILED")
         raise
+
+
+def _log_inputs(client: MlflowClient, run_id: str, cfg: TrainConfig, info: DataInfo, prepared) -> None:
+    """Params and dataset inputs of a run that has just been created."""
+    # `mlflow run` has already logged its -P values (MLflow forbids changing a param); they
+    # say the same as ours, so ours fill in only the rest.
+    already = client.get_run(run_id).data.params
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)) for k, v in run_params(cfg).items() if k not in already]
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=params[i:i + 100])
+    log_dataset(client, run_id, info, len(prepared.train_y), len(prepared.test_y))
+
+
+def _finish(client: MlflowClient, run_id: str, key: str, cfg: TrainConfig, result: TrainResult,
+            log_model_artifact: bool) -> RunOutcome:
+    """Log a trained run's summary, tags and model; return its outcome (status not yet set)."""
+    summary = {
+        "train_seconds": result.train_seconds, "steps_per_second": result.steps_per_second,
+        "examples_per_second": result.steps_per_second * cfg.batch_size,
+        "steps": result.steps, "epochs_completed": result.epochs_completed,
+    }
+    if not result.diverged:
+        summary.update(final_test_accuracy=result.test_accuracy, final_test_loss=result.test_loss,
+                       final_train_loss=result.final_train_loss)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, result.steps) for k, v in summary.items()])
+    if result.resumed_from_epoch:
+        client.set_tag(run_id, "resumed_from_epoch", str(result.resumed_from_epoch))
+    if result.diverged:
+        client.set_tag(run_id, "diverged", "true")
+        client.set_tag(run_id, "diverged_step", str(result.diverged_step))
+        return RunOutcome(run_id, key, "FAILED", result, f"diverged at step {result.diverged_step}")
+    client.set_tag(run_id, "diverged", "false")
+    if log_model_artifact and result.model is not None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            log_model(result.model)
+        else:
+            with mlflow.start_run(run_id=run_id, nested=active is not None):
+                log_model(result.model)
+    return RunOutcome(run_id, key, "FINISHED", result)
 
 
 def _description(cfg: TrainConfig, info: DataInfo) -> str:

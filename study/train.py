@@ -135,6 +135,9 @@ def train(cfg: TrainConfig, data: Prepared, *, sink: MetricSink | None = None,
     data_gen = torch.Generator().manual_seed(cfg.resolved_data_seed)  # batch order only
     n_train = len(data.train_y)
     bounds = batch_bounds(n_train, cfg.batch_size, bn=cfg.bn)
+    if not bounds:
+        raise ValueError(f"{n_train} training example(s) make no batch a "
+                         f"{'BatchNorm ' if cfg.bn else ''}model can train on; use more data")
     sched_steps = 0  # scheduler steps taken so far
     start_epoch, global_step = 0, 0
     test_acc = test_loss = epoch_loss = float("nan")
