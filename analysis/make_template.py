@@ -48,22 +48,25 @@ lecture, orderings = table("lecture_check"), table("lecture_orderings")
 say(f"# Study report: `{study}`")''', []),
     ("code", '''say("## Set-up")
 fingerprints = summary.get("data_fingerprints") or summary.get("data_fingerprint") or []
-commits = summary.get("code_versions") or summary.get("git_commits") or []
+commits = [c.get("git_commit", "?") + (" (dirty tree)" if "true" in c.get("git_dirty", []) else "")
+           if isinstance(c, dict) else str(c) for c in summary.get("code_versions") or []]
 lines = [
     f"- Study `{study}`, parent MLflow run `{summary.get('parent_run_id', 'n/a')}`.",
     f"- Runs: {len(runs)} recorded, {int((runs['status'] == 'FINISHED').sum())} finished.",
-    f"- Data fingerprint(s): {', '.join('`%s`' % f[:16] for f in fingerprints) or 'n/a'}"
-    f" (layout/encoding: {', '.join(sorted(set(summary.get('data_encodings', []))) ) or 'see runs'}).",
-    f"- Code version(s): {', '.join('`%s`' % str(c)[:12] for c in commits) or 'n/a'}.",
+    f"- Data fingerprint(s): {', '.join('`%s`' % f[:16] for f in fingerprints) or 'n/a'}.",
+    f"- Code version(s): {', '.join('`%s`' % c for c in commits) or 'n/a'}.",
 ]
-for key in ("torch_versions", "devices", "torch_threads"):
-    if summary.get(key):
-        lines.append(f"- {key.replace('_', ' ')}: {', '.join(map(str, summary[key]))}.")
+for key, values in summary.get("environment", {}).items():
+    if values:
+        lines.append(f"- {key.replace('_', ' ')}: {', '.join(map(str, values))}.")
 say("\\n".join(lines))''', []),
     ("code", '''say("## The grid")
 cols = [c for c in ["cell", "label", "n", "mean", "std", "t_low", "t_high", "min", "max", "n_diverged", "n_failed"] if c in cells.columns]
 say(f"{len(cells)} cells; per cell: mean final test accuracy (%) over seeds with its 95% t-interval.")
-display(cells[cols])
+shown = cells[cols].copy()
+if "label" in shown:
+    shown["label"] = shown["label"].astype(object).where(shown["label"].notna(), "")
+display(shown)
 show("final_accuracy*")
 show("heatmap*")''', []),
     ("code", '''if lecture is not None and len(lecture):

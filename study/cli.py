@@ -362,6 +362,85 @@ def run_cmd(grid_file, **kw) -> None:
     sys.exit(0 if summary.ok else 1)
 
 
+def _references(values: tuple[str, ...]) -> dict[str, str] | None:
+    refs = {}
+    for v in values:
+        factor, sep, level = v.partition("=")
+        if not sep or factor not in ("optimizer", "bn", "init", "scheduler", "scheduler_interval"):
+            raise click.BadParameter(f"{v!r} is not allowed; use FACTOR=LEVEL with FACTOR one of "
+                                     "optimizer, bn, init, scheduler, scheduler_interval", param_hint="--reference")
+        refs[factor] = parse_bool(level) if factor == "bn" else level
+    return refs or None
+
+
+def analysis_options(f):
+    f = click.option("--reference", multiple=True, metavar="FACTOR=LEVEL",
+                     help="Reference level of a factor for the comparisons (repeatable; defaults: "
+                          "optimizer=adam, bn=false, init=default, scheduler=none).")(f)
+    f = click.option("--seed", "boot_seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the bootstrap's random generator.")(f)
+    f = click.option("--method", type=click.Choice(("holm", "bh")), default="holm", show_default=True,
+                     help="Multiple-comparison correction over the whole family of comparisons.")(f)
+    f = click.option("--experiment", default=None, metavar="NAME",
+                     help="Only look in this MLflow experiment (default: all).")(f)
+    f = click.option("--tracking-uri", default=None, metavar="URI",
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default store).")(f)
+    f = click.option("--study", "study_name", required=True, help="The study's name (its grid's name by default).")(f)
+    return f
+
+
+def _analyze(kw, out: Path):
+    from .analyze import AnalysisError, analyze_study
+    from .tracking import configure_tracking
+
+    configure_tracking(kw["tracking_uri"])
+    try:
+        return analyze_study(kw["study_name"], out, tracking_uri=kw["tracking_uri"], experiment=kw["experiment"],
+                             seed=kw["boot_seed"], method=kw["method"], references=_references(kw["reference"]))
+    except AnalysisError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@analysis_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: reports/<study>/analysis).")
+def analyze(out_dir, **kw) -> None:
+    """Turn a study's MLflow runs into statistical tables and plots.
+
+    Writes runs.csv, curves.csv, cells.csv, comparisons.csv, anova.csv, seeds.csv,
+    lecture_check.csv (and .md/.tex versions) and plots/ to --out, and logs them to the
+    study's parent run under analysis/.
+    """
+    out = Path(out_dir or Path("reports") / kw["study_name"] / "analysis")
+    result = _analyze(kw, out)
+    counts = result.summary.get("counts", {})
+    click.echo(f"analysis of study {kw['study_name']}: {', '.join(f'{k} {v}' for k, v in counts.items())}")
+    click.echo(f"tables and plots in {out}" + (f"; logged to parent run {result.parent_run_id}"
+                                                if result.logged_to_parent else ""))
+
+
+@main.command()
+@analysis_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: reports/<study>).")
+def report(out_dir, **kw) -> None:
+    """Analyze a study and render its report: an executed notebook and a self-contained HTML page.
+
+    Runs `study analyze` into OUT/analysis, executes analysis/report.ipynb with papermill into
+    OUT/report.ipynb, converts it to OUT/report.html (images embedded) and logs both to the
+    study's parent run under report/.
+    """
+    from .report import render_report
+
+    out = Path(out_dir or Path("reports") / kw["study_name"])
+    result = _analyze(kw, out / "analysis")
+    paths = render_report(kw["study_name"], out / "analysis", out, parent_run_id=result.parent_run_id,
+                          tracking_uri=kw["tracking_uri"])
+    click.echo(f"report: {paths['html'].resolve()}")
+    click.echo(f"notebook: {paths['ipynb'].resolve()}")
+
+
 class _StudyProgress:
     """Runs done / total, ETA and failures so far: a live bar on a terminal, else one line per run."""
 

@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -60,6 +61,8 @@ _LABELS = {
     "lr": "learning rate",
 }
 _STEP_LABEL = "step (batch)"
+# Metrics logged once per epoch (step = epoch number); the rest are logged at batch steps.
+_EPOCH_METRICS = ("test_accuracy", "test_loss", "lr", "train_loss_epoch", "epoch_seconds")
 _PALETTE = "colorblind"
 _EFFECT_COLUMNS = ("factor", "level", "reference", "mean_diff", "ci_low", "ci_high", "p_adjusted")
 
@@ -219,11 +222,13 @@ def learning_curves(
         s = stats_.xs(level, level=factor).sort_index()
         steps = s.index.to_numpy()
         ax.plot(steps, s["mean"].to_numpy(), color=color, lw=1.8,
+                marker="o" if len(steps) <= 20 else None,  # one epoch is still a visible point
                 label=_level_label(factor, level))
         ax.fill_between(steps, s["low"].to_numpy(), s["high"].to_numpy(),
                         color=color, alpha=0.2, lw=0)
         n_runs.append(per_run.loc[per_run[factor] == level, "run_id"].nunique())
-    ax.set_xlabel(_STEP_LABEL)
+    ax.set_xlabel("epoch" if metric in _EPOCH_METRICS else _STEP_LABEL)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(_label(metric))
     n_text = f"{min(n_runs)}" if min(n_runs) == max(n_runs) else f"{min(n_runs)}–{max(n_runs)}"
     ax.set_title(f"{_label(metric)} by {factor}\n"

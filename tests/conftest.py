@@ -50,6 +50,13 @@ def tracking(tmp_path, monkeypatch):
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+    # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID for subprocesses: never let it leak
+    # into another test's store.
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        os.environ.pop(var, None)
 
 
 def all_runs(uri: str):

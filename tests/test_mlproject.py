@@ -36,7 +36,8 @@ def test_mlflow_run_train_logs_into_its_own_run(tmp_path, mini_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, OPTSTUDY_CACHE_DIR=str(tmp_path / "cache"),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("MLFLOW_RUN_ID", None)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(var, None)
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
            "-P", "optimizer=adam", "-P", "bn=true", "-P", "seed=2", "-P", "epochs=1",
            "-P", "train_limit=120", "-P", "test_limit=40", "-P", f"data_dir={mini_dir}"]

@@ -99,7 +99,7 @@ def test_learning_curves_one_line_per_level_at_the_group_means(curves):
         assert line.get_label() == level
         np.testing.assert_array_equal(line.get_xdata(), STEPS)
         np.testing.assert_allclose(line.get_ydata(), expected.loc[level].to_numpy())
-    assert ax.get_xlabel() == "step (batch)"
+    assert ax.get_xlabel() == "epoch"  # test_accuracy is logged once per epoch
     assert ax.get_ylabel() == "test accuracy (%)"
     assert ax.get_title()
 
@@ -114,6 +114,7 @@ def test_learning_curves_band_is_the_t_interval_over_runs(curves):
     ys = band.get_paths()[0].vertices[:, 1]
     np.testing.assert_allclose(ys.max(), (g.mean() + half).max())
     np.testing.assert_allclose(ys.min(), (g.mean() - half).min())
+    assert ax.get_xlabel() == "step (batch)"  # train_loss is logged at global batch indices
 
 
 def test_learning_curves_bool_factor_and_order(curves):

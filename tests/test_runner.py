@@ -95,7 +95,8 @@ def _free_port() -> int:
 
 def _env(uri: str, tmp_path: Path) -> dict:
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("MLFLOW_RUN_ID", None)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(var, None)
     return env
 
 
