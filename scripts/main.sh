@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv/ (if needed) and run the MLproject's main entry point on the full data.
-# Extra arguments are passed to `mlflow run` (e.g. -P optimizer=adam -P seeds=2).
+# Set up .venv/ (if needed), run the lecture's study through the MLproject's main entry point
+# (11 cells x 5 seeds on the full data, resumable: run it again to continue), then render its
+# report. Extra arguments go to `mlflow run` (e.g. -P seeds=2 -P epochs=1 -P workers=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,7 +12,10 @@ if [ -z "${CIFAR10_DIR:-}" ] && [ ! -d data ]; then
   exit 2
 fi
 export CIFAR10_DIR="${CIFAR10_DIR:-data}"
+store="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
+export MLFLOW_TRACKING_URI="$store"
 mlflow run . --env-manager local -P grid=experiments/lecture.yaml -P workers=2 "$@"
+study report --study lecture --out reports/lecture
 echo
-echo "Results are in MLflow's store ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}."
-echo "Browse them with:  .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}  (then open http://127.0.0.1:5000)"
+echo "Open the report:  reports/lecture/report.html"
+echo "Browse the runs:  .venv/bin/mlflow ui --backend-store-uri $store   (then http://127.0.0.1:5000)"

@@ -11,6 +11,18 @@ MINI = Path(__file__).parent / "data" / "cifar10-mini"
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Batches of 4 on a small CNN: one intra-op thread is faster, bit-reproducible across
+    machines, and immune to a busy machine (subprocesses get --threads 1 where it matters)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def mini_dir() -> Path:
     return MINI

@@ -17,14 +17,6 @@ from study.optim import (ManualAdam, ManualSGD, make_optimizer, optimizer_steps_
                          scheduled_lr)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 4 on a small CNN: one intra-op thread is faster, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---------------------------------------------------------------------------
 # The lecture's optimizers, verbatim (shared/reference/000_c7bc7edbb134d796.txt)

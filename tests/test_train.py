@@ -28,14 +28,6 @@ NB = N_TRAIN // BATCH  # 5 optimizer steps per epoch
 PER_EPOCH = {"train_loss_epoch", "test_accuracy", "test_loss", "lr", "epoch_seconds"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 4-8 on a small CNN: one intra-op thread is faster, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def small(mini_data) -> Prepared:

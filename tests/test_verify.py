@@ -15,14 +15,6 @@ from study.verify import (PARAM_TOLERANCE, check_cell_learns, check_determinism,
                           grid_cells, optimizer_divergence, run_checks)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 4 on a small CNN: one intra-op thread is faster, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def small(mini_data):
