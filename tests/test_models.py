@@ -18,75 +18,10 @@ from study.models import CNN, CNNWithBN, build_model
 
 
 
-# ---------------------------------------------------------------------------
-# The lecture's code, verbatim (shared/reference/000_c7bc7edbb134d796.txt)
-# ---------------------------------------------------------------------------
-
-class LectureCNN(nn.Module):
-    def __init__(self):
-        super(LectureCNN, self).__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = x.view(-1, 16 * 5 * 5)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        x = self.fc3(x)
-        return x
-
-
-class LectureCNNWithBN(nn.Module):
-    def __init__(self):
-        super(LectureCNNWithBN, self).__init__()
-
-        # Convolution Layer 1
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.bn1 = nn.BatchNorm2d(6)
-        self.pool = nn.MaxPool2d(2, 2)
-
-        # Convolution Layer 2
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.bn2 = nn.BatchNorm2d(16)
-
-        # Fully Connected Layer 1
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.bn3 = nn.BatchNorm1d(120)
-
-        # Fully Connected Layer 2
-        self.fc2 = nn.Linear(120, 84)
-        self.bn4 = nn.BatchNorm1d(84)
-
-        # Output Layer
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        x = x.view(-1, 16 * 5 * 5)
-        x = F.relu(self.bn3(self.fc1(x)))
-        x = F.relu(self.bn4(self.fc2(x)))
-        x = self.fc3(x)
-        return x
-
-
-def init_weights_kaiming(m):
-    if type(m) == nn.Conv2d or type(m) == nn.Linear:
-        nn.init.kaiming_normal_(m.weight)
-        m.bias.data.fill_(0.01)
-
-
-def init_weights_xavier(m):
-    if type(m) == nn.Conv2d or type(m) == nn.Linear:
-        nn.init.xavier_uniform_(m.weight)
-        m.bias.data.fill_(0.01)
-
+# The lecture's code, verbatim (shared/reference/000_c7bc7edbb134d796.txt), kept in study.lecture
+from study.lecture import CNN as LectureCNN  # noqa: E402
+from study.lecture import CNNWithBN as LectureCNNWithBN  # noqa: E402
+from study.lecture import init_weights_kaiming, init_weights_xavier  # noqa: E402
 
 LECTURE_INITS = {"default": None, "kaiming": init_weights_kaiming, "xavier": init_weights_xavier}
 

@@ -18,53 +18,9 @@ from study.optim import (ManualAdam, ManualSGD, make_optimizer, optimizer_steps_
 
 
 
-# ---------------------------------------------------------------------------
-# The lecture's optimizers, verbatim (shared/reference/000_c7bc7edbb134d796.txt)
-# ---------------------------------------------------------------------------
-
-class LectureManualSGD:
-    def __init__(self, params, lr):
-        self.params = list(params)
-        self.lr = lr
-
-    def step(self):
-        for param in self.params:
-            if param.grad is not None:
-                param.data -= self.lr * param.grad
-
-    def zero_grad(self):
-        for param in self.params:
-            if param.grad is not None:
-                param.grad.zero_()
-
-
-class LectureManualAdam:
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8):
-        self.params = list(params)
-        self.lr = lr
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.epsilon = epsilon
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
-
-    def step(self):
-        self.t += 1
-        for i, param in enumerate(self.params):
-            if param.grad is not None:
-                self.m[i] = self.beta1 * self.m[i] + (1 - self.beta1) * param.grad
-                self.v[i] = self.beta2 * self.v[i] + (1 - self.beta2) * param.grad ** 2
-
-                m_hat = self.m[i] / (1 - self.beta1 ** self.t)
-                v_hat = self.v[i] / (1 - self.beta2 ** self.t)
-
-                param.data -= self.lr * m_hat / (torch.sqrt(v_hat) + self.epsilon)
-
-    def zero_grad(self):
-        for param in self.params:
-            if param.grad is not None:
-                param.grad.zero_()
+# The lecture's optimizers, verbatim (shared/reference/000_c7bc7edbb134d796.txt), kept in study.lecture
+from study.lecture import ManualAdam as LectureManualAdam  # noqa: E402
+from study.lecture import ManualSGD as LectureManualSGD  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
