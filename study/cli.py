@@ -314,6 +314,9 @@ def grid_cmd(grid_file, **kw) -> None:
               help="Ray cluster address (e.g. ray://head:10001 or auto); default starts a local Ray.")
 @click.option("--work-dir", type=click.Path(file_okay=False), default="study-work", show_default=True,
               help="Checkpoints and the study lock (on a cluster: a directory every node shares).")
+@click.option("--seed-batch", default="auto", show_default=True, metavar="auto|off|K",
+              help="Train up to K seeds of a cell as one seed-batched model (auto: all seeds of a cell, "
+                   "split so that every worker has work). On CPU results are bit for bit those of separate runs.")
 @click.option("--log-model/--no-log-model", default=True, show_default=True, help="Log each trained model.")
 @click.option("--quiet", "-q", is_flag=True, help="Only the closing summary.")
 @data_options
@@ -334,6 +337,8 @@ def run_cmd(grid_file, **kw) -> None:
     from .tracking import configure_tracking
 
     grid, cells, seeds, overrides = _load_selection(grid_file, kw)
+    seed_batch = _seed_batch(kw["seed_batch"])
+    device = resolve_device(kw["device"])
     data_dir = kw["data_dir"] or None
     try:
         load_cifar10(data_dir, cache_dir=kw["cache_dir"] or None, download=kw["download"])
@@ -346,10 +351,10 @@ def run_cmd(grid_file, **kw) -> None:
         with progress:
             summary = run_study(
                 grid, cells, seeds=seeds, overrides=overrides, study=kw["study_name"],
-                workers=kw["workers"], threads=kw["threads"], device=resolve_device(kw["device"]),
+                workers=kw["workers"], threads=kw["threads"], device=device,
                 executor=kw["executor"], ray_address=kw["ray_address"], experiment=kw["experiment"],
                 work_dir=kw["work_dir"], data_dir=data_dir, cache_dir=kw["cache_dir"] or None,
-                log_model=kw["log_model"], on_result=progress.update)
+                log_model=kw["log_model"], seed_batch=seed_batch, on_result=progress.update)
     except StudyError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"study {summary.study}: {summary.skipped + summary.finished}/{summary.total} runs FINISHED "
@@ -439,6 +444,16 @@ def report(out_dir, **kw) -> None:
                           tracking_uri=kw["tracking_uri"])
     click.echo(f"report: {paths['html'].resolve()}")
     click.echo(f"notebook: {paths['ipynb'].resolve()}")
+
+
+def _seed_batch(value: str) -> str | int:
+    v = str(value).strip().lower()
+    if v in ("auto", "off"):
+        return v
+    if v.isdigit() and int(v) >= 1:
+        return int(v)
+    raise click.BadParameter(f"{value!r} is not allowed; use auto, off or a whole number >= 1",
+                             param_hint="--seed-batch")
 
 
 class _StudyProgress:

@@ -18,6 +18,7 @@ lock in the work directory), so a key is never dispatched twice and never FINISH
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 import time
@@ -74,6 +75,41 @@ def plan(grid: Grid, cells: list[Cell], seeds: list[int], fingerprint: str,
     return specs
 
 
+def group_specs(specs: list[RunSpec], seed_batch: str | int, workers: int, device: str) -> list[list[RunSpec]]:
+    """Split the runs to do into groups trained together: the seeds of one cell.
+
+    ``seed_batch`` is ``"off"`` (one run per group), an int K (at most K seeds per group) or
+    ``"auto"``: all seeds of a cell together where :func:`study.batched.worth_batching` says it
+    pays, split further while there are fewer groups than workers, so no worker idles.
+    """
+    from .batched import worth_batching
+
+    by_cell: dict[str, list[RunSpec]] = {}
+    for s in specs:
+        ident = repr(sorted((k, v) for k, v in s.cfg.key_fields().items()
+                            if k not in ("seed", "init_seed", "data_seed")))
+        by_cell.setdefault(ident, []).append(s)
+    if seed_batch == "off":
+        size = 1
+    elif seed_batch == "auto":
+        size = max(len(v) for v in by_cell.values()) if by_cell else 1
+        if not worth_batching(device, size):
+            size = 1
+        while size > 1 and sum(-(-len(v) // size) for v in by_cell.values()) < workers:
+            size -= 1
+        groups = []
+        for v in by_cell.values():  # split each cell into equal-sized groups: 4 seeds -> 2 + 2
+            n = -(-len(v) // size)
+            bounds = [round(i * len(v) / n) for i in range(n + 1)]
+            groups += [v[a:b] for a, b in zip(bounds, bounds[1:])]
+        return groups
+    else:
+        size = int(seed_batch)
+        if size < 1:
+            raise StudyError(f"seed_batch={seed_batch!r} is not allowed; use auto, off or a whole number >= 1")
+    return [v[i:i + size] for v in by_cell.values() for i in range(0, len(v), size)]
+
+
 def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
@@ -128,15 +164,46 @@ def execute_run(task: dict) -> dict:
             "seconds": time.perf_counter() - started}
 
 
+def execute_group(task: dict) -> list[dict]:
+    """Train the seeds of one cell as one seed-batched model; one result per seed, never raises."""
+    import mlflow
+
+    from .train import set_threads
+    from .tracking import run_cell_group
+
+    if len(task["configs"]) == 1:
+        one = {k: v for k, v in task.items() if k not in ("configs", "run_keys")}
+        return [execute_run({**one, "config": task["configs"][0], "run_key": task["run_keys"][0]})]
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    mlflow.set_tracking_uri(task["tracking_uri"])
+    cfgs = [TrainConfig(**c) for c in task["configs"]]
+    set_threads(cfgs[0].threads)
+    started = time.perf_counter()
+    checkpoint = Path(task["checkpoint"])
+    try:
+        outcomes = run_cell_group(cfgs, data=_data(task["data_dir"], task["cache_dir"]),
+                                  experiment_id=task["experiment_id"], log_model_artifact=task["log_model"],
+                                  checkpoint=checkpoint, parent_run_id=task["parent_run_id"],
+                                  extra_tags=task["tags"])
+    except Exception as exc:  # every run of the group is already marked FAILED
+        return [{"name": c.run_name, "run_key": k, "status": "FAILED", "error": f"{type(exc).__name__}: {exc}",
+                 "seconds": time.perf_counter() - started} for c, k in zip(cfgs, task["run_keys"])]
+    checkpoint.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    return [{"name": c.run_name, "run_key": o.run_key, "run_id": o.run_id, "status": o.status, "error": o.error,
+             "test_accuracy": o.result.test_accuracy if o.result else float("nan"), "seconds": seconds}
+            for c, o in zip(cfgs, outcomes)]
+
+
 def _init_worker(env: dict[str, str]) -> None:
     os.environ.update(env)
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 
-def _run_local(tasks: list[dict], workers: int) -> Iterator[dict]:
+def _run_local(tasks: list[dict], workers: int) -> Iterator[list[dict]]:
     if workers <= 1:
         for t in tasks:
-            yield execute_run(t)
+            yield execute_group(t)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -145,22 +212,22 @@ def _run_local(tasks: list[dict], workers: int) -> Iterator[dict]:
     # spawn: a fresh interpreter per worker (fork would copy torch's thread pools and locks)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker, initargs=(env,)) as pool:
-        futures = [pool.submit(execute_run, t) for t in tasks]
+        futures = [pool.submit(execute_group, t) for t in tasks]
         for f in as_completed(futures):
             yield f.result()
 
 
-def _run_ray(tasks: list[dict], address: str | None, workers: int) -> Iterator[dict]:
+def _run_ray(tasks: list[dict], address: str | None, workers: int) -> Iterator[list[dict]]:
     import ray
 
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers * max(1, tasks[0]["config"]["threads"] or 1) if tasks else None,
+            ray.init(num_cpus=workers * max(1, tasks[0]["configs"][0]["threads"] or 1) if tasks else None,
                      include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(execute_run)
-    pending = [remote.options(num_cpus=t["config"]["threads"] or 1).remote(t) for t in tasks]
+    remote = ray.remote(execute_group)
+    pending = [remote.options(num_cpus=t["configs"][0]["threads"] or 1).remote(t) for t in tasks]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
@@ -204,7 +271,7 @@ def run_study(grid: Grid, cells: list[Cell], *, seeds: list[int], overrides: dic
               device: str = "cpu", executor: str = "local", ray_address: str | None = None,
               experiment: str | None = None, work_dir: str | Path = "study-work",
               data_dir: str | None = None, cache_dir: str | None = None, log_model: bool = True,
-              on_result: Callable[[dict, int, int], None] | None = None) -> StudySummary:
+              seed_batch: str | int = "off", on_result: Callable[[dict, int, int], None] | None = None) -> StudySummary:
     """Run (or resume) a study and return its summary. See the module docstring.
 
     Args:
@@ -216,6 +283,8 @@ def run_study(grid: Grid, cells: list[Cell], *, seeds: list[int], overrides: dic
       executor: ``local`` or ``ray``; ``ray_address`` for an existing cluster.
       experiment: MLflow experiment name (ignored inside ``mlflow run``, which sets it).
       work_dir: checkpoints and the driver lock live under ``work_dir/<study>``.
+      seed_batch: ``off``, ``auto`` or K: train up to K seeds of a cell as one batched model
+        (:func:`group_specs`); on CPU the results are bit for bit those of separate runs.
       on_result: called as ``on_result(result, done, total)`` after each run, for progress.
     """
     import mlflow
@@ -264,6 +333,7 @@ def run_study(grid: Grid, cells: list[Cell], *, seeds: list[int], overrides: dic
         client.set_tag(parent_id, "data_fingerprint", data.info.fingerprint)
         resolved = {"study": study, "grid": str(grid.path), "seeds": seeds, "overrides": overrides,
                     "workers": workers, "threads": threads, "device": device, "executor": executor,
+                    "seed_batch": seed_batch,
                     "data": asdict(data.info),
                     "cells": [{"cell": c.name, **c.settings,
                                **({"reported_accuracy": c.reported_accuracy} if c.reported_accuracy is not None else {}),
@@ -285,25 +355,35 @@ def run_study(grid: Grid, cells: list[Cell], *, seeds: list[int], overrides: dic
         summary = StudySummary(study, parent_id, total=len(specs), skipped=len(specs) - len(todo),
                                finished=0, interrupted_marked=marked)
 
+        def tags(spec: RunSpec) -> dict[str, str]:
+            return {"study": study, "grid": grid.name,
+                    **({"reported_accuracy": str(spec.cell.reported_accuracy)}
+                       if spec.cell.reported_accuracy is not None else {}),
+                    **({"cell_label": spec.cell.label} if spec.cell.label else {})}
+
+        def checkpoint(group: list[RunSpec]) -> str:
+            name = group[0].run_key if len(group) == 1 else \
+                "group-" + hashlib.sha256("|".join(s.run_key for s in group).encode()).hexdigest()[:20]
+            return str((study_dir / "checkpoints" / f"{name}.pt").resolve())
+
         tasks = [{
-            "config": asdict(s.cfg), "run_key": s.run_key, "tracking_uri": tracking_uri,
-            "experiment_id": experiment_id, "parent_run_id": parent_id,
-            "checkpoint": str((study_dir / "checkpoints" / f"{s.run_key}.pt").resolve()),
-            "data_dir": data_dir, "cache_dir": cache_dir, "log_model": log_model,
-            "tags": {"study": study, "grid": grid.name,
-                     **({"reported_accuracy": str(s.cell.reported_accuracy)}
-                        if s.cell.reported_accuracy is not None else {}),
-                     **({"cell_label": s.cell.label} if s.cell.label else {})},
-        } for s in todo]
+            "configs": [asdict(s.cfg) for s in group], "run_keys": [s.run_key for s in group],
+            "tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
+            "checkpoint": checkpoint(group), "data_dir": data_dir, "cache_dir": cache_dir,
+            "log_model": log_model, "tags": tags(group[0]),
+        } for group in group_specs(todo, seed_batch, workers, device)]
         results = (_run_ray(tasks, ray_address, workers) if executor == "ray"
                    else _run_local(tasks, workers))
-        for done, res in enumerate(results, 1):
-            if res["status"] == "FINISHED":
-                summary.finished += 1
-            else:
-                summary.failed.append((res["name"], res.get("error") or res["status"]))
-            if on_result:
-                on_result(res, done, len(tasks))
+        done = 0
+        for group_results in results:
+            for res in group_results:
+                done += 1
+                if res["status"] == "FINISHED":
+                    summary.finished += 1
+                else:
+                    summary.failed.append((res["name"], res.get("error") or res["status"]))
+                if on_result:
+                    on_result(res, done, len(todo))
         summary.seconds = time.perf_counter() - started
         client.log_metric(parent_id, "runs_finished", summary.skipped + summary.finished)
         client.log_metric(parent_id, "runs_failed", len(summary.failed))

@@ -86,7 +86,16 @@ def log_dataset(client: MlflowClient, run_id: str, info: DataInfo, n_train: int,
         tags = {"mlflow.data.context": context, "examples": str(n), "layout": info.layout,
                 "fingerprint": info.fingerprint}
         inputs.append(DatasetInput(ds._to_mlflow_entity(), [InputTag(k, v) for k, v in tags.items()]))
-    client.log_inputs(run_id, datasets=inputs)
+    for attempt in range(5):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            # Two workers registering the same dataset at once race on MLflow's unique
+            # (experiment, name, digest) row; the loser finds the row on the next try.
+            if "UNIQUE constraint" not in str(exc) and "Duplicate entry" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 class _MetricBuffer:
@@ -176,6 +185,59 @@ def run_cell(cfg: TrainConfig, *, data: Cifar10 | None = None, data_dir: str | P
             mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
         finally:
             mlflow.end_run(status="FAILED")
+        raise
+
+
+def run_cell_group(cfgs: list[TrainConfig], *, data: Cifar10, experiment_id: str,
+                   log_model_artifact: bool = True, checkpoint: Path | None = None,
+                   parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
+                   grouped: bool | None = None) -> list[RunOutcome]:
+    """Train K seeds of one cell as one seed-batched model (:func:`study.batched.train_batched`),
+    each seed logged as its own complete MLflow run, exactly as :func:`run_cell` logs it.
+
+    Runs are tagged ``seed_batch=K`` (not part of the run key: on CPU the results are bit for
+    bit those of sequential training). An exception marks every run of the group FAILED
+    (KILLED on Ctrl-C) and is re-raised.
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+
+    from .batched import train_batched
+
+    threads = set_threads(cfgs[0].threads)
+    prepared = prepare(data, train_limit=cfgs[0].train_limit, test_limit=cfgs[0].test_limit,
+                       subset_seed=cfgs[0].subset_seed, device=cfgs[0].device)
+    client = MlflowClient()
+    keys = [run_key(c, data.info.fingerprint) for c in cfgs]
+    run_ids: list[str] = []
+    try:
+        for cfg, key in zip(cfgs, keys):
+            tags = {**run_tags(cfg, data.info, key, threads), **(extra_tags or {}),
+                    "seed_batch": str(len(cfgs)), "mlflow.runName": cfg.run_name,
+                    "mlflow.note.content": _description(cfg, data.info)}
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            run = client.create_run(experiment_id, run_name=cfg.run_name, tags=resolve_tags(tags))
+            run_ids.append(run.info.run_id)
+            _log_inputs(client, run.info.run_id, cfg, data.info, prepared)
+        buffers = [_MetricBuffer(client, rid) for rid in run_ids]
+        results = train_batched(cfgs, prepared, sinks=buffers, checkpoint=checkpoint, run_keys=keys,
+                                grouped=grouped)
+        outcomes = []
+        for buf, rid, key, cfg, result in zip(buffers, run_ids, keys, cfgs, results):
+            buf.flush()
+            outcome = _finish(client, rid, key, cfg, result, log_model_artifact)
+            client.set_terminated(rid, status=outcome.status)
+            outcomes.append(outcome)
+        return outcomes
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for rid in run_ids:
+            try:
+                client.set_tag(rid, "interrupted" if status == "KILLED" else "error",
+                               "true" if status == "KILLED" else f"{type(exc).__name__}: {exc}"[:5000])
+                client.set_terminated(rid, status=status)
+            except Exception:
+                pass
         raise
 
 

@@ -77,7 +77,7 @@ def batch_bounds(n: int, batch_size: int, *, bn: bool) -> list[tuple[int, int]]:
     return bounds
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -213,7 +213,7 @@ def train(cfg: TrainConfig, data: Prepared, *, sink: MetricSink | None = None,
             epochs_completed = epoch + 1
             # checkpoint
             if checkpoint is not None:
-                _save_checkpoint(Path(checkpoint), {
+                save_checkpoint(Path(checkpoint), {
                     "run_key": run_key, "epoch": epoch + 1, "global_step": global_step,
                     "sched_steps": sched_steps, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "data_gen": data_gen.get_state(),

@@ -185,7 +185,6 @@ def test_parallel_workers_against_a_real_mlflow_server(tmp_path, mini_dir, sessi
 
 
 def test_ray_executor_on_a_local_instance(tracking, tmp_path, mini_dir, session_cache, monkeypatch):
-    pytest.importorskip("ray")
     monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path)
     res = subprocess.run([sys.executable, "-m", "study.cli", *study_args(grid, mini_dir, session_cache,
@@ -213,3 +212,46 @@ def test_mlproject_main_runs_filtered_cells_as_children_of_its_run(tmp_path, min
                                                       "adam-bn-kaiming-step-s0", "adam-bn-kaiming-step-s1"]
     assert {r.info.status for r in kids} == {"FINISHED"} and parent.info.status == "FINISHED"
     assert len(runs) == 5  # the parent and its children, nothing else
+
+
+def test_seed_batched_study_equals_one_run_per_seed(tracking, tmp_path, mini_dir, session_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, epochs=2)
+    results = {}
+    for mode in ("off", "2"):
+        uri = f"sqlite:///{tmp_path / f'{mode}.db'}"
+        res = CliRunner().invoke(main, study_args(grid, mini_dir, session_cache, "--threads", "1", "--tracking-uri", uri,
+                                                  "--seed-batch", mode, "--work-dir", str(tmp_path / mode)))
+        assert res.exit_code == 0, res.output
+        runs = children(uri)
+        assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+        assert {r.data.tags.get("seed_batch") for r in runs} == ({None} if mode == "off" else {"2"})
+        results[mode] = by_key(runs)
+    assert set(results["off"]) == set(results["2"])
+    client_off = MlflowClient(f"sqlite:///{tmp_path / 'off.db'}")
+    client_b = MlflowClient(f"sqlite:///{tmp_path / '2.db'}")
+    for key, r in results["off"].items():
+        b = results["2"][key]
+        for m in ("final_test_accuracy", "final_test_loss", "final_train_loss"):
+            assert r.data.metrics[m] == b.data.metrics[m], (key, m)
+        hist = lambda c, run: [(x.step, x.value) for x in c.get_metric_history(run.info.run_id, "train_loss")]  # noqa: E731
+        assert hist(client_off, r) == hist(client_b, b)
+
+
+def test_grouping_of_seeds(mini_data):
+    from study.grid import load_grid
+    from study.runner import StudyError, group_specs, plan
+
+    g = load_grid(REPO / "experiments" / "smoke.yaml")
+    specs = plan(g, g.cells, [0, 1, 2, 3], mini_data.info.fingerprint, {})
+    assert [len(x) for x in group_specs(specs, "off", 2, "cpu")] == [1] * 16
+    auto = group_specs(specs, "auto", 2, "cpu")
+    assert [len(x) for x in auto] == [4] * 4
+    assert all(len({s.cfg.cell for s in grp}) == 1 for grp in auto)  # a group is one cell
+    assert sorted(s.run_key for grp in auto for s in grp) == sorted(s.run_key for s in specs)
+    # fewer cells than workers: auto splits the seeds so that every worker has a group
+    one_cell = [s for s in specs if s.cfg.cell == specs[0].cfg.cell]
+    assert [len(x) for x in group_specs(one_cell, "auto", 2, "cpu")] == [2, 2]
+    assert [len(x) for x in group_specs(specs, 3, 1, "cpu")] == [3, 1] * 4
+    with pytest.raises(StudyError, match="seed_batch=0"):
+        group_specs(specs, 0, 1, "cpu")
