@@ -85,14 +85,7 @@ def same_results(a: list, b: list) -> tuple[bool, float]:
     return equal, worst
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from bench_train import cpu_model  # noqa: E402  (same folder; scripts run from anywhere)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,7 +7,7 @@ batch size (4) and torch thread count, for the same number of optimizer steps:
   ``CIFAR10`` for torchvision's layout) decodes each image and applies
   ``Compose([ToTensor(), Normalize((0.5,)*3, (0.5,)*3)])`` per sample;
   ``DataLoader(batch_size=4, shuffle=True)`` with ``num_workers=0``; the lecture's CNN (or
-  CNNWithBN) and optimizer (``torch.optim`` or its ManualSGD/ManualAdam, pasted verbatim);
+  CNNWithBN) and optimizer (``torch.optim`` or its ManualSGD/ManualAdam, from study.lecture);
   zero_grad / forward / CrossEntropyLoss / backward / step / ``running_loss += loss.item()``.
 - ``study``: ``study.data.load_cifar10`` + ``study.data.prepare`` (timed on their own line,
   not in the step timing), then ``study.train.train`` on ``steps * 4`` examples for one epoch
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torch.optim as optim
+
+
 
 # Make `study` importable when the script is run from a checkout without installing it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,136 +53,10 @@ LR = 0.001  # the lecture's lr for all four optimizers
 TEST_LIMIT = 1000  # study's per-epoch evaluation set; evaluation is not in the step timing
 
 
-# ---------------------------------------------------------------------------------------
-# The lecture's code, pasted verbatim (reference/000_c7bc7edbb134d796.txt, sections 1.2-4.1)
-# ---------------------------------------------------------------------------------------
-
-class ManualSGD:
-    def __init__(self, params, lr):
-        self.params = list(params)
-        self.lr = lr
-
-    def step(self):
-        for param in self.params:
-            if param.grad is not None:
-                param.data -= self.lr * param.grad
-
-    def zero_grad(self):
-        for param in self.params:
-            if param.grad is not None:
-                param.grad.zero_()
-
-
-class ManualAdam:
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8):
-        self.params = list(params)
-        self.lr = lr
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.epsilon = epsilon
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
-
-    def step(self):
-        self.t += 1
-        for i, param in enumerate(self.params):
-            if param.grad is not None:
-                self.m[i] = self.beta1 * self.m[i] + (1 - self.beta1) * param.grad
-                self.v[i] = self.beta2 * self.v[i] + (1 - self.beta2) * param.grad ** 2
-
-                m_hat = self.m[i] / (1 - self.beta1 ** self.t)
-                v_hat = self.v[i] / (1 - self.beta2 ** self.t)
-
-                param.data -= self.lr * m_hat / (torch.sqrt(v_hat) + self.epsilon)
-
-    def zero_grad(self):
-        for param in self.params:
-            if param.grad is not None:
-                param.grad.zero_()
-
-
-class CNN(nn.Module):
-    def __init__(self):
-        super(CNN, self).__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = x.view(-1, 16 * 5 * 5)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        x = self.fc3(x)
-        return x
-
-
-class CNNWithBN(nn.Module):
-    def __init__(self):
-        super(CNNWithBN, self).__init__()
-
-        # Convolution Layer 1
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.bn1 = nn.BatchNorm2d(6)
-        self.pool = nn.MaxPool2d(2, 2)
-
-        # Convolution Layer 2
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.bn2 = nn.BatchNorm2d(16)
-
-        # Fully Connected Layer 1
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.bn3 = nn.BatchNorm1d(120)
-
-        # Fully Connected Layer 2
-        self.fc2 = nn.Linear(120, 84)
-        self.bn4 = nn.BatchNorm1d(84)
-
-        # Output Layer
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        x = x.view(-1, 16 * 5 * 5)
-        x = F.relu(self.bn3(self.fc1(x)))
-        x = F.relu(self.bn4(self.fc2(x)))
-        x = self.fc3(x)
-        return x
-
-
-def lecture_optimizer(name: str, params):
-    """The optimizer the lecture builds for ``name`` (all at lr 0.001, default betas/eps)."""
-    return {
-        "manual_sgd": lambda: ManualSGD(params, lr=LR),
-        "sgd": lambda: optim.SGD(params, lr=LR),
-        "manual_adam": lambda: ManualAdam(params, lr=LR),
-        "adam": lambda: optim.Adam(params, lr=LR),
-    }[name]()
-
-
-def lecture_trainset(data_dir: Path):
-    """The lecture's training set over ``data_dir``, decoded and transformed per sample."""
-    import torchvision
-    import torchvision.transforms as transforms
-
-    transform = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    layout, src = detect_layout(data_dir)
-    if layout == "torchvision":
-        if src.name != "cifar-10-batches-py":
-            raise SystemExit(f"{src} holds CIFAR-10's python batches, but torchvision's CIFAR10 "
-                             "reads them only from a folder named cifar-10-batches-py; rename it "
-                             "or pass its parent folder")
-        # CIFAR10 wants the folder above cifar-10-batches-py
-        return torchvision.datasets.CIFAR10(root=str(src.parent), train=True, download=False,
-                                            transform=transform)
-    return torchvision.datasets.ImageFolder(str(src / "train"), transform=transform)
+# The lecture's code, verbatim, lives in study.lecture (tests check it against the lecture's text).
+from study.lecture import CNN, CNNWithBN  # noqa: E402
+from study.lecture import make_optimizer as lecture_optimizer  # noqa: E402
+from study.lecture import trainset as lecture_trainset  # noqa: E402
 
 
 def lecture_steps(trainloader, model, criterion, optimizer, steps: int) -> float:
@@ -271,6 +145,7 @@ def time_study(data, *, steps: int, warm, optimizer: str, bn: bool, threads: int
 # ---------------------------------------------------------------------------------------
 
 def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), for benchmark headers."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
