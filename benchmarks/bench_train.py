@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 
 
@@ -56,31 +55,8 @@ TEST_LIMIT = 1000  # study's per-epoch evaluation set; evaluation is not in the 
 # The lecture's code, verbatim, lives in study.lecture (tests check it against the lecture's text).
 from study.lecture import CNN, CNNWithBN  # noqa: E402
 from study.lecture import make_optimizer as lecture_optimizer  # noqa: E402
+from study.lecture import train_steps as lecture_steps  # noqa: E402
 from study.lecture import trainset as lecture_trainset  # noqa: E402
-
-
-def lecture_steps(trainloader, model, criterion, optimizer, steps: int) -> float:
-    """The lecture's training loop, stopped after ``steps`` optimizer steps.
-
-    The lecture's ``if i % 2000 == 1999: print(...)`` is left out so that the benchmark's
-    output stays readable; epochs restart as the lecture's ``for epoch in range(2)`` would.
-    """
-    done = 0
-    running_loss = 0.0
-    while done < steps:
-        for i, data in enumerate(trainloader, 0):
-            inputs, labels = data
-            optimizer.zero_grad()
-            outputs = model(inputs)
-            loss = criterion(outputs, labels)
-            loss.backward()
-            optimizer.step()
-
-            running_loss += loss.item()
-            done += 1
-            if done == steps:
-                break
-    return running_loss
 
 
 def time_lecture(trainset, *, steps: int, warmup: int, optimizer: str, bn: bool,
@@ -91,13 +67,12 @@ def time_lecture(trainset, *, steps: int, warmup: int, optimizer: str, bn: bool,
     torch.manual_seed(seed)  # the lecture seeds nothing; fixed here so repeats are comparable
     trainloader = DataLoader(trainset, batch_size=BATCH_SIZE, shuffle=True)
     model = CNNWithBN() if bn else CNN()
-    criterion = nn.CrossEntropyLoss()
     opt = lecture_optimizer(optimizer, model.parameters())
     model.train()
     if warmup:
-        lecture_steps(trainloader, model, criterion, opt, warmup)
+        lecture_steps(trainloader, model, opt, warmup)
     t0 = time.perf_counter()
-    running_loss = lecture_steps(trainloader, model, criterion, opt, steps)
+    running_loss = lecture_steps(trainloader, model, opt, steps)
     seconds = time.perf_counter() - t0
     if not math.isfinite(running_loss):
         raise RuntimeError(f"the lecture loop diverged (running_loss={running_loss})")
