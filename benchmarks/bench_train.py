@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from study.config import OPTIMIZERS, TrainConfig  # noqa: E402
-from study.data import DataNotFoundError, detect_layout, load_cifar10, prepare  # noqa: E402
+from study.data import DataNotFoundError, load_cifar10, prepare  # noqa: E402
 from study.train import train  # noqa: E402
 
 BATCH_SIZE = 4  # the lecture's DataLoader(batch_size=4)

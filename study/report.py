@@ -37,6 +37,9 @@ def describe_comparison(row: dict | pd.Series, alpha: float = ALPHA) -> str:
     head = f"{row['factor']} = {row['level']} vs {row['reference']}"
     if n < 2 or row["mean_diff"] != row["mean_diff"]:
         return f"{head}: only {n} paired run(s), too few to compare."
+    if row["mean_diff"] == 0 and row["ci_low"] == 0 and row["ci_high"] == 0:
+        return (f"{head}: identical test accuracy on all {n} seed-paired runs: at this budget the two "
+                "settings train the same way.")
     real = row["p_adjusted"] < alpha
     direction = "higher" if row["mean_diff"] > 0 else "lower"
     text = (f"{head}: {_signed(row['mean_diff'])} test accuracy (95% CI {row['ci_low']:.2f} to "
@@ -62,15 +65,27 @@ def describe_lecture_cell(row: dict | pd.Series) -> str:
 
 
 def describe_ordering(row: dict | pd.Series) -> str:
-    """One sentence for one of the lecture's pairwise claims (a row of lecture_orderings.csv)."""
+    """One sentence for one of the lecture's pairwise claims (a row of lecture_orderings.csv:
+    claim, reported_a, reported_b, n_pairs, mean_diff (a - b), ci_low, ci_high, p_adjusted,
+    verdict, identical)."""
     verdict = row["verdict"]
     meaning = {"supported": "our seeds support the lecture's ordering",
                "contradicted": "our seeds show the opposite ordering",
-               "not resolved": "our seeds cannot tell the two apart"}.get(verdict, verdict)
-    return (f"{row['claim']}: the lecture's single runs say {row['lecture_diff']:+g} points; "
-            f"over {int(row['n_pairs'])} seed pairs the difference is {_signed(row['mean_diff'])} "
-            f"(95% CI {row['ci_low']:.2f} to {row['ci_high']:.2f}, adjusted {_fmt_p(row['p_adjusted'])}): "
-            f"{meaning}.")
+               "not resolved": "our seeds cannot tell the two apart",
+               "a better": "the first is reliably better", "b better": "the second is reliably better",
+               }.get(verdict, verdict)
+    if is_finite(row.get("reported_a")) and is_finite(row.get("reported_b")):
+        said = f"the lecture's single runs say {row['reported_a'] - row['reported_b']:+g} points"
+    else:
+        said = "the lecture reported no number for one side"
+    if int(row["n_pairs"]) < 2 or not is_finite(row["mean_diff"]):
+        return f"{row['claim']}: {said}; we have {int(row['n_pairs'])} seed pair(s), too few to test it."
+    text = (f"{row['claim']}: {said}; over {int(row['n_pairs'])} seed pairs the difference is "
+            f"{_signed(row['mean_diff'])} (95% CI {row['ci_low']:.2f} to {row['ci_high']:.2f}, adjusted "
+            f"{_fmt_p(row['p_adjusted'])}): {meaning}.")
+    if str(row.get("identical", "")).lower() == "true":
+        text += " Both give the same accuracy on every seed: the lecture's gap was single-run noise."
+    return text
 
 
 def describe_anova(table: pd.DataFrame, alpha: float = ALPHA) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mlflow
 import torch
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from .config import TrainConfig, run_key

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from study.config import INITS
 from study.models import CNN, CNNWithBN, build_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pandas as pd
 import pytest
@@ -28,6 +27,12 @@ def test_a_non_significant_comparison_is_called_noise():
     assert "-0.40" in s and "within seed noise" in s and "real" not in s
 
 
+def test_identical_runs_are_called_identical_not_noise():
+    s = R.describe_comparison(comparison(level="step@never", reference="none", mean_diff=0.0, ci_low=0.0,
+                                         ci_high=0.0, p_adjusted=float("nan")))
+    assert "identical test accuracy on all 5" in s and "noise" not in s
+
+
 def test_too_few_pairs_are_not_compared():
     assert "too few" in R.describe_comparison(comparison(n_pairs=1, mean_diff=float("nan")))
 
@@ -44,9 +49,18 @@ def test_lecture_cell_sentence(inside, word):
                                             ("contradicted", "opposite"),
                                             ("not resolved", "cannot tell")])
 def test_ordering_sentence_follows_the_verdict(verdict, phrase):
-    row = pd.Series(dict(claim="torch Adam vs manual Adam", lecture_diff=3, n_pairs=5, mean_diff=0.3,
-                         ci_low=-0.5, ci_high=1.1, p_adjusted=0.4, verdict=verdict))
-    assert phrase in R.describe_ordering(row)
+    row = pd.Series(dict(claim="torch Adam vs manual Adam", reported_a=56.0, reported_b=53.0, n_pairs=5,
+                         mean_diff=0.3, ci_low=-0.5, ci_high=1.1, p_adjusted=0.4, verdict=verdict, identical=False))
+    s = R.describe_ordering(row)
+    assert phrase in s and "+3 points" in s and "+0.30" in s and "same accuracy" not in s
+
+
+def test_ordering_sentence_flags_identical_results_and_missing_numbers():
+    row = pd.Series(dict(claim="manual SGD vs torch SGD", reported_a=35.0, reported_b=float("nan"), n_pairs=5,
+                         mean_diff=0.0, ci_low=0.0, ci_high=0.0, p_adjusted=float("nan"), verdict="not resolved",
+                         identical=True))
+    s = R.describe_ordering(row)
+    assert "no number for one side" in s and "same accuracy on every seed" in s
 
 
 def test_anova_sentence_ranks_significant_terms_by_effect_size():

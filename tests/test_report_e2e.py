@@ -4,28 +4,22 @@ MLflow server: its REST API and its web UI in headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
+
+from tests.conftest import mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 
 
 def _env(uri: str) -> dict:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(var, None)
-    return env
+    return subprocess_env(uri)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +31,11 @@ def study(tmp_path_factory, mini_dir, session_cache):
         name: tiny
         seeds: 3
         fixed: {epochs: 1, train_limit: 120, test_limit: 40, log_every: 10}
-        factors:
-          optimizer: [sgd, adam]
-          bn: [false, true]
+        cells:   # lecture-style: each with the accuracy "reported" for it
+          - {optimizer: manual_sgd, reported_accuracy: 35, label: "Manual SGD"}
+          - {optimizer: sgd, reported_accuracy: 31, label: "PyTorch SGD"}
+          - {optimizer: adam, reported_accuracy: 56, label: "PyTorch Adam"}
+          - {optimizer: adam, bn: true, reported_accuracy: 53, label: "Adam + BN"}
     """))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = _env(uri)
@@ -56,10 +52,14 @@ def study(tmp_path_factory, mini_dir, session_cache):
 def test_report_renders_every_section_from_the_numbers(study):
     out = study["out"]
     assert f"report: {(out / 'report.html').resolve()}" in study["stdout"]
+    import html as html_lib
+
     html = (out / "report.html").read_text()
-    for heading in ("Study report: ", "Set-up", "The grid", "Findings per factor", "Factorial ANOVA",
+    text = html_lib.unescape(html)
+    for heading in ("Study report: ", "Set-up", "The grid", "The lecture's numbers, checked",
+                    "The lecture's orderings", "Findings per factor", "Factorial ANOVA",
                     "Seeds: noise and how many are needed", "Failures"):
-        assert heading in html, heading
+        assert heading in text, heading
     assert html.count("data:image/png;base64") >= 5  # self-contained: plots embedded
     assert "seed-paired runs" in html and "All 12 runs finished" in html
     assert "Traceback" not in html
@@ -70,7 +70,13 @@ def test_report_renders_every_section_from_the_numbers(study):
 
     comp = pd.read_csv(out / "analysis" / "comparisons.csv")
     row = comp[comp["factor"] == "optimizer"].iloc[0]
-    assert describe_comparison(row) in html.replace("&#39;", "'")
+    assert describe_comparison(row) in text
+    from study.report import describe_lecture_cell, describe_ordering
+
+    for _, r in pd.read_csv(out / "analysis" / "lecture_check.csv").iterrows():
+        assert describe_lecture_cell(r) in text
+    for _, r in pd.read_csv(out / "analysis" / "lecture_orderings.csv").iterrows():
+        assert describe_ordering(r) in text
     nb = json.loads((out / "report.ipynb").read_text())
     assert nb["metadata"]["papermill"]["parameters"]["study"] == "tiny"
     assert all(c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
@@ -80,25 +86,8 @@ def test_report_renders_every_section_from_the_numbers(study):
 
 @pytest.fixture(scope="module")
 def server(study):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", study["uri"], "--workers", "1"],
-                            cwd=study["tmp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=_env(study["uri"]))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
-            time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    with mlflow_server(study["uri"], study["tmp"]) as url:
+        yield url
 
 
 def _api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
-from tests.conftest import REPO, all_runs
+from tests.conftest import REPO, all_runs, mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -87,17 +86,8 @@ def test_a_diverging_run_does_not_stop_the_study(tracking, tmp_path, mini_dir, s
     assert statuses == {"FINISHED": 4, "FAILED": 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(uri: str, tmp_path: Path) -> dict:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(var, None)
-    return env
+    return subprocess_env(uri)
 
 
 def test_sigkill_midway_then_rerun_completes_each_key_once_with_uninterrupted_results(
@@ -149,25 +139,8 @@ def test_sigkill_midway_then_rerun_completes_each_key_once_with_uninterrupted_re
 
 
 def test_parallel_workers_against_a_real_mlflow_server(tmp_path, mini_dir, session_cache):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow server did not start")
-                time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path,
+                       "--artifacts-destination", str(tmp_path / "artifacts")) as uri:
         grid = write_grid(tmp_path)
         cmd = [sys.executable, "-m", "study.cli", "run", str(grid), "--data-dir", str(mini_dir),
                "--cache-dir", str(session_cache), "--workers", "2", "--quiet", "--tracking-uri", uri,
@@ -179,9 +152,6 @@ def test_parallel_workers_against_a_real_mlflow_server(tmp_path, mini_dir, sessi
         assert len(kids) == 8 and {r.info.status for r in kids} == {"FINISHED"}
         assert len({r.data.tags["run_key"] for r in kids}) == 8
         assert all(r.outputs.model_outputs for r in kids)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_ray_executor_on_a_local_instance(tracking, tmp_path, mini_dir, session_cache, monkeypatch):

@@ -6,7 +6,6 @@ import itertools
 from dataclasses import replace
 
 import pytest
-import torch
 
 import study.verify as sv
 from study.config import INITS, OPTIMIZERS, SCHEDULERS, TrainConfig
