@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 # The factor levels of the study. Plain tuples: the single source for CLI choices, grid
@@ -172,7 +172,3 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     return TrainConfig(**values)
-
-
-def with_changes(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    return replace(cfg, **changes)

@@ -23,7 +23,7 @@ import pickle
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -377,9 +377,3 @@ def prepare(data: Cifar10, *, train_limit: int | None, test_limit: int | None, s
     te = stratified_subset(data.test_y, test_limit, subset_seed + 1)
     return Prepared(normalize(data.train_x[tr], device), data.train_y[tr].to(device),
                     normalize(data.test_x[te], device), data.test_y[te].to(device), data.info)
-
-
-def info_dict(info: DataInfo) -> dict:
-    d = asdict(info)
-    d["classes"] = ",".join(info.classes)
-    return d

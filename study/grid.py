@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .config import (FACTORS, INITS, OPTIMIZERS, SCHEDULER_INTERVALS, SCHEDULERS, ConfigError,
+from .config import (INITS, OPTIMIZERS, SCHEDULER_INTERVALS, SCHEDULERS, ConfigError,
                      TrainConfig)
 
 TOP_LEVEL_KEYS = ("name", "description", "seeds", "fixed", "factors", "cells", "exclude")
@@ -35,8 +35,6 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
              "int | None": (int, type(None))}[str(f.type)]
     for f in fields(TrainConfig)
 }
-# How the runner and the MLproject may override the budget of a whole grid.
-BUDGET_KEYS = ("epochs", "train_limit", "test_limit")
 
 
 class GridError(ValueError):
@@ -222,6 +220,3 @@ def select(grid: Grid, filters: dict[str, list[Any] | None]) -> list[Cell]:
         desc = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in active.items())
         raise GridError(f"{grid.path}: no cell matches {desc}")
     return keep
-
-
-__all__ = ["Cell", "Grid", "GridError", "load_grid", "parse_filter", "select", "FACTORS", "BUDGET_KEYS"]
