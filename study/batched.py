@@ -1,16 +1,18 @@
-"""Seed-batched training: K seeds of one cell trained as one stacked model.
+"""Seed-batched training: K runs trained as one stacked model.
 
 The seeds of a cell share everything but their initial weights and their batch order, so K of
 them can run as one model whose every layer holds K independent copies side by side
-(:class:`StackedCNN`):
+(:class:`StackedCNN`). So can the seeds of cells that differ only in init, or in schedules that
+give the same learning rate at every step (:func:`check_batchable`).
 
 - linear layers are batched matmuls with weights (K, out, in) on activations (K, B, in);
-- convolutions and BatchNorms hold K*C channels, seed k's C channels side by side. They run
-  either as K ordinary calls (the default on CPU: the very kernels of the ordinary model, so
-  that every seed's result is bit for bit what :func:`study.train.train` gives) or as one
-  grouped convolution / one BatchNorm over K*C channels (the default on CUDA: fewest kernel
-  launches, equal up to float rounding). Either way each seed's batch statistics and running
-  statistics are its own;
+- convolutions and BatchNorms hold K*C channels, seed k's C channels side by side. With the
+  ``reference`` kernels they run as K ordinary calls: the very kernels of the ordinary model,
+  so that every seed's result is bit for bit what :func:`study.train.train` gives. With the
+  ``fast`` kernels (the default) they run as one grouped channels-last convolution and one
+  BatchNorm call per layer, equal to the reference up to float rounding, and laid out so that
+  a seed's result never depends on which seeds share its group or where it sits in it. Either
+  way each seed's batch statistics and running statistics are its own;
 - ReLU and max-pooling run once over all seeds;
 - the loss is the sum over seeds of each seed's mean cross-entropy, so the gradient of seed k's
   weights is seed k's own gradient; the optimizer is :func:`study.optim.make_optimizer` on the
@@ -19,7 +21,8 @@ them can run as one model whose every layer holds K independent copies side by s
 
 One step of the stacked model replaces K tiny batch-4 steps: on a GPU it launches about as many
 kernels as one of them; on a CPU it cuts the per-step Python, dispatch and optimizer overhead
-(see ``benchmarks/bench_batched.py`` and :func:`worth_batching`).
+and lets oneDNN's grouped convolutions work on K times wider layers
+(``benchmarks/bench_batched.py``, :func:`auto_group_size`).
 
 Every stacked tensor is seed-major along its first dim, so ``t.view(K, -1)[k]`` is seed k's part
 of any parameter, buffer or optimizer state: that one rule builds, splits and retires seeds.
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -40,10 +45,16 @@ from .config import TrainConfig
 from .data import Prepared
 from .models import CNNWithBN, build_model
 from .optim import ManualAdam, make_optimizer, scheduled_lr
-from .train import MetricSink, TrainResult, save_checkpoint, batch_bounds, load_checkpoint, set_threads
+from .train import (MetricSink, TrainResult, _progress_bar, batch_bounds, load_checkpoint,
+                    save_checkpoint, set_threads)
 
-# The fields in which the seeds of one batched group may differ.
+# The fields in which the runs of one batched group may differ: each run has its own seeds and
+# its own initial weights. The schedule fields may differ too where the learning rate comes out
+# the same at every step (`lr_signature`): at the lecture's 2 epochs, StepLR(step_size=30)
+# stepped per epoch never decays, so it trains exactly as no scheduler does.
 SEED_FIELDS = ("seed", "init_seed", "data_seed")
+MEMBER_FIELDS = SEED_FIELDS + ("init",)
+SCHEDULE_FIELDS = ("scheduler", "scheduler_interval", "step_size", "gamma", "lr")
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,10 +106,21 @@ def _bn_per_seed(bn: nn.modules.batchnorm._BatchNorm, xs: torch.Tensor) -> torch
                         for x, (w, b, mean, var) in zip(xs, chunks)])
 
 
-def _bn1d_over_seeds(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm1d(K*F) in one call on (K, B, F) activations, as (B, K*F)."""
-    k, b, f = x.shape
-    return bn(x.transpose(0, 1).reshape(b, k * f)).view(b, k, f).transpose(0, 1)
+def _bn_planes(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over K*C channels in one call, laid out so that each channel is reduced on
+    its own: (B, K*C, H, W) in any memory layout -> NCHW; (K, B, F) -> (1, K*F, B, 1), the
+    batch as a column per feature.
+
+    The channels-last kernels (which torch also uses for (N, F) inputs) vectorize across
+    channels and treat the last few channels of the tensor, a vector's remainder, differently:
+    a seed's result would then depend on its place in the group. The NCHW kernel reduces each
+    channel's plane separately, the same wherever the channel is."""
+    if bn.training:
+        bn.num_batches_tracked.add_(1)  # as nn.BatchNorm's forward does
+    planes = x.contiguous() if x.dim() == 4 else x.permute(0, 2, 1).reshape(1, -1, x.shape[1], 1)
+    y = F.batch_norm(planes, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.training,
+                     bn.momentum, bn.eps)
+    return y if x.dim() == 4 else y.view(x.shape[0], x.shape[2], x.shape[1]).permute(0, 2, 1)
 
 
 class StackedCNN(nn.Module):
@@ -110,12 +132,14 @@ class StackedCNN(nn.Module):
 
     Two ways to run the convolutions and BatchNorms, on the same weights:
 
-    - ``grouped=False``: K ordinary calls each, the very calls of CNN/CNNWithBN, so that on CPU
-      every seed computes bit for bit what its own model would (oneDNN's grouped convolution
-      and the channel-vectorized BatchNorm1d kernel round differently); ReLU, pooling, the
-      linear layers, the loss and the optimizer run once for all seeds.
-    - ``grouped=True``: one grouped convolution and one BatchNorm over K*C channels per layer:
-      the fewest kernel launches (for CUDA), equal to the ordinary model up to float rounding.
+    - ``grouped=False`` (the reference kernels): K ordinary calls each, the very calls of
+      CNN/CNNWithBN, so that on CPU every seed computes bit for bit what its own model would
+      (oneDNN's grouped convolution and the channel-vectorized BatchNorm1d kernel round
+      differently); ReLU, pooling, the linear layers, the loss and the optimizer run once for
+      all seeds.
+    - ``grouped=True`` (the fast kernels): one grouped channels-last convolution and one
+      BatchNorm call over K*C channels per layer, equal to the ordinary model up to float
+      rounding; each seed's result is the same at any place in any group of two or more.
 
     Input: seed k's batch at ``x[k]``, (K, B, 3, 32, 32). Output: logits (K, B, 10).
     """
@@ -137,11 +161,16 @@ class StackedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, b = x.shape[:2]
         if self.grouped:  # (B, K*C, H, W): seed k's channels side by side
-            h = x.transpose(0, 1).reshape(b, k * 3, 32, 32)
+            # channels-last for the convolutions (oneDNN's fastest grouped kernels here)
+            h = x.permute(1, 3, 4, 0, 2).reshape(b, 32, 32, k * 3).permute(0, 3, 1, 2)
             h = self.conv1.grouped(h)
-            h = F.max_pool2d(F.relu(self.bn1(h) if self.bn else h), 2, 2)
+            h = _bn_planes(self.bn1, h) if self.bn else h
+            # max-pool then ReLU: the same values as ReLU then max-pool (ReLU is monotone)
+            # on a quarter of the elements
+            h = F.relu(F.max_pool2d(h, 2, 2)).contiguous(memory_format=torch.channels_last)
             h = self.conv2.grouped(h)
-            h = F.max_pool2d(F.relu(self.bn2(h) if self.bn else h), 2, 2)
+            h = _bn_planes(self.bn2, h) if self.bn else h
+            h = F.relu(F.max_pool2d(h, 2, 2))
             h = h.reshape(b, k, 16 * 5 * 5).transpose(0, 1)
         else:  # (K, B, C, H, W): seed k's batch at h[k]
             h = self.conv1.per_seed(x)
@@ -151,7 +180,7 @@ class StackedCNN(nn.Module):
             h = _bn_per_seed(self.bn2, h) if self.bn else h
             h = F.max_pool2d(F.relu(h).flatten(0, 1), 2, 2).view(k, b, 16 * 5 * 5)
         # (K, B, 400): each seed's x.view(-1, 16 * 5 * 5)
-        bn1d = _bn1d_over_seeds if self.grouped else _bn_per_seed
+        bn1d = _bn_planes if self.grouped else _bn_per_seed
         h = self.fc1(h)
         h = F.relu(bn1d(self.bn3, h) if self.bn else h)
         h = self.fc2(h)
@@ -250,38 +279,84 @@ def seed_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # When to batch
 # ---------------------------------------------------------------------------------------
 
-def worth_batching(device: str, k: int) -> bool:
-    """Whether ``--seed-batch auto`` should train ``k`` seeds of a cell as one batched group.
+def auto_group_size(device: str) -> int:
+    """The most runs ``--seed-batch auto`` puts in one batched group on ``device``.
 
-    CPU: yes for k >= 2. It is never slower and its results are bit for bit train()'s: on the
-    project's 2-core Xeon at 1 thread, Adam, 2000 steps per seed, median of 3, the batched group
-    ran 1.13x (k=2), 1.44-1.58x (k=5) and 1.69-1.70x (k=10) the model-steps/s of k sequential
-    train() runs, with and without BatchNorm (``benchmarks/bench_batched.py``). A group keeps
-    one worker busy, so a caller with several workers should still make at least as many groups
-    as workers.
-    CUDA: yes for k >= 2: a batch-4 step is bound by kernel launches, and the grouped model
-    launches about as many kernels for k seeds as train() does for one.
+    CPU (fast kernels, 1 thread, `benchmarks/bench_batched.py`): model-steps/s grows up to
+    about 15 runs per group and falls beyond, as the group's tensors outgrow the caches.
+    CUDA: a batch-4 step is bound by kernel launches, which a group shares; 64 runs keep the
+    per-step work small next to what a GPU does at once.
     """
-    return k >= 2 and device in ("cpu", "cuda")
+    return 64 if device == "cuda" else 16
+
+
+def lr_signature(cfg: TrainConfig, steps_per_epoch: int | None = None) -> tuple:
+    """What a config's learning-rate schedule does, in a form that compares equal exactly when
+    two configs use the same lr at every step.
+
+    Without ``steps_per_epoch`` (the runner's grouping, before any data is read), schedules
+    stepped per batch compare by their settings, which can only keep apart runs that train
+    alike; with it, they compare step for step.
+    """
+    def lr_at(steps_taken: int) -> float:
+        return scheduled_lr(cfg.scheduler, cfg.lr, steps_taken, step_size=cfg.step_size, gamma=cfg.gamma)
+
+    interval = cfg.effective_interval
+    if interval == "never":
+        rates = [cfg.lr]
+    elif interval == "epoch":
+        rates = [lr_at(e) for e in range(cfg.epochs)]
+    elif steps_per_epoch is None:
+        return ("per batch", cfg.scheduler, cfg.lr, cfg.step_size, cfg.gamma)
+    else:
+        rates = [lr_at(s) for s in range(cfg.epochs * steps_per_epoch)]
+    if all(r == rates[0] for r in rates):
+        return ("constant", rates[0])
+    return (f"per {interval}", tuple(rates))
+
+
+def group_fields(cfg: TrainConfig, steps_per_epoch: int | None = None) -> dict:
+    """What the runs of one batched group must share: every setting but :data:`MEMBER_FIELDS`
+    and the schedule settings, plus the schedule's :func:`lr_signature`."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in MEMBER_FIELDS + SCHEDULE_FIELDS}
+    d["lr schedule"] = lr_signature(cfg, steps_per_epoch)
+    return d
+
+
+def check_batchable(cfgs: list[TrainConfig], steps_per_epoch: int | None = None) -> None:
+    """Raise ValueError unless the configs can train as one group (:func:`group_fields`)."""
+    if not cfgs:
+        raise ValueError("train_batched needs at least one config")
+    first = group_fields(cfgs[0], steps_per_epoch)
+    for j, cfg in enumerate(cfgs[1:], start=1):
+        for name, value in group_fields(cfg, steps_per_epoch).items():
+            if value != first[name]:
+                shown = (lambda c: {f: getattr(c, f) for f in SCHEDULE_FIELDS}) if name == "lr schedule" \
+                    else (lambda c: getattr(c, name))
+                raise ValueError(
+                    f"cfgs differ in {name}: {shown(cfgs[0])!r} (cfgs[0]) vs {shown(cfg)!r} "
+                    f"(cfgs[{j}]); the runs of a batched group may differ only in "
+                    f"{', '.join(MEMBER_FIELDS)} and in schedule settings that give the same "
+                    "learning rate at every step")
+
+
+@contextmanager
+def flushed_denormals(enabled: bool) -> Iterator[None]:
+    """Flush denormal floats to zero on this thread's CPU while training (then restore torch's
+    default, off). Adam's second moments drift into the denormal range, where this CPU's
+    arithmetic takes a slow path: flushing cut the fast kernels' Adam step by about a third."""
+    if not enabled or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 # ---------------------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------------------
-
-def check_same_cell(cfgs: list[TrainConfig]) -> None:
-    """Raise ValueError unless the configs differ only in :data:`SEED_FIELDS`."""
-    if not cfgs:
-        raise ValueError("train_batched needs at least one config")
-    first = asdict(cfgs[0])
-    for j, cfg in enumerate(cfgs[1:], start=1):
-        for name, value in asdict(cfg).items():
-            if name not in SEED_FIELDS and value != first[name]:
-                raise ValueError(
-                    f"cfgs differ in {name}: {first[name]!r} (cfgs[0]) vs {value!r} (cfgs[{j}]); "
-                    f"a seed-batched group must be one cell, differing only in "
-                    f"{', '.join(SEED_FIELDS)}")
-
 
 @dataclass(eq=False)  # compared by identity
 class _SeedRun:
@@ -332,15 +407,22 @@ def _group_key(run_keys: list[str]) -> str:
 
 def train_batched(cfgs: list[TrainConfig], data: Prepared, *,
                   sinks: list[MetricSink | None] | None = None, checkpoint: Path | None = None,
-                  run_keys: list[str] | None = None, grouped: bool | None = None,
-                  sync_every: int | None = None) -> list[TrainResult]:
-    """Train K seeds of one cell as one stacked model; per seed, what :func:`study.train.train`
-    gives for that config: bit for bit on CPU by default, within float rounding when grouped.
+                  run_keys: list[str] | None = None, sync_every: int | None = None,
+                  progress: bool = False) -> list[TrainResult]:
+    """Train K runs as one stacked model; per run, what :func:`study.train.train` gives for its
+    config with ``kernels="reference"`` bit for bit (on CPU), with ``kernels="fast"`` within
+    float rounding per step.
+
+    With the fast kernels a run's result does not depend on which other runs share its group
+    (tests check it bit for bit on CPU); a run alone is padded with a copy of itself, because a
+    single convolution group runs other oneDNN kernels than several.
 
     Args:
-      cfgs: K configs of one cell, differing only in ``seed``, ``init_seed``, ``data_seed``.
-        Seed k starts from ``build_model(bn, init, init_seed=cfgs[k].resolved_init_seed)`` and
-        draws its batch order from its own generator, as train() would.
+      cfgs: K configs that differ only in :data:`MEMBER_FIELDS` and in schedules that give the
+        same lr at every step (:func:`check_batchable`): the seeds of one cell, or of cells that
+        differ in init only. Run k starts from ``build_model(bn, cfgs[k].init,
+        init_seed=cfgs[k].resolved_init_seed)`` and draws its batch order from its own
+        generator, as train() would.
       data: preloaded, normalized tensors on the cells' device.
       sinks: one metric sink (or None) per config; each receives exactly the metrics, steps and
         order that train() emits for that config.
@@ -348,45 +430,62 @@ def train_batched(cfgs: list[TrainConfig], data: Prepared, *,
         and resumed from; a resumed group re-emits the skipped epochs' metrics.
       run_keys: one run key per config; the checkpoint holds their list, and a checkpoint of
         another list is never resumed.
-      grouped: run convolutions and BatchNorms as one grouped call per layer instead of K
-        ordinary calls (see :class:`StackedCNN`). Default: on CUDA only; on CPU the K calls
-        are bitwise train()'s, and faster than oneDNN's grouped convolution.
       sync_every: steps between reads of the K losses (the only host-device syncs in the loop).
         Default 1 on CPU (free there); 50 on CUDA, so the GPU queue never drains. Logged values
-        and divergence steps do not depend on it; a diverged seed's returned model is its state
+        and divergence steps do not depend on it; a diverged run's returned model is its state
         when the divergence was read, which is exactly train()'s only at 1.
+      progress: show a progress bar on the console (a terminal only).
 
     Returns:
-      One :class:`TrainResult` per config, in order, with ``model`` = that seed's unstacked
-      model. A seed whose loss goes non-finite is diverged at that step (NaN test metrics, a
+      One :class:`TrainResult` per config, in order, with ``model`` = that run's unstacked
+      model. A run whose loss goes non-finite is diverged at that step (NaN test metrics, a
       ``diverged_step`` metric) and retired: its weights are zeroed and its loss masked out, and
       the others go on. ``train_seconds`` and ``epoch_seconds`` are the group's wall-clock.
 
     Raises:
-      ValueError: the configs are not one cell (the message names the differing field), or
-        ``sinks`` / ``run_keys`` have another length.
+      ValueError: the configs cannot share a group (the message names the differing field),
+        ``sinks`` / ``run_keys`` have another length, or the data make no batch.
     """
-    check_same_cell(cfgs)
-    cfg, k = cfgs[0], len(cfgs)
+    cfgs = list(cfgs)
+    k = len(cfgs)
     sinks = list(sinks) if sinks is not None else [None] * k
     run_keys = list(run_keys) if run_keys is not None else [""] * k
     if len(sinks) != k or len(run_keys) != k:
         raise ValueError(f"got {k} cfgs, {len(sinks)} sinks and {len(run_keys)} run_keys; "
                          "give one of each per config")
+    if k == 0:
+        raise ValueError("train_batched needs at least one config")
+    cfg = cfgs[0]
+    n_train = len(data.train_y)
+    bounds = batch_bounds(n_train, cfg.batch_size, bn=cfg.bn)
+    if not bounds:
+        raise ValueError(f"{n_train} training example(s) make no batch a "
+                         f"{'BatchNorm ' if cfg.bn else ''}model can train on; use more data")
+    check_batchable(cfgs, len(bounds))
+    fast = cfg.kernels == "fast"
+    if fast and k == 1:
+        padded = train_batched(cfgs * 2, data, sinks=[sinks[0], None], checkpoint=checkpoint,
+                               run_keys=run_keys * 2, sync_every=sync_every, progress=progress)
+        return padded[:1]
     set_threads(cfg.threads)
     device = torch.device(cfg.device)
-    grouped = device.type == "cuda" if grouped is None else grouped
-    sync_every = sync_every or (1 if device.type == "cpu" else 50)
-    seeds = [_SeedRun(sink) for sink in sinks]
+    with flushed_denormals(fast and device.type == "cpu"):
+        return _train_group(cfgs, data, sinks, checkpoint, run_keys, bounds, fast, device,
+                            sync_every or (1 if device.type == "cpu" else 50), progress)
 
-    model = StackedCNN.from_models([build_model(bn=cfg.bn, init=cfg.init,
-                                                init_seed=c.resolved_init_seed) for c in cfgs],
-                                   grouped=grouped).to(device)
+
+def _train_group(cfgs: list[TrainConfig], data: Prepared, sinks: list, checkpoint: Path | None,
+                 run_keys: list[str], bounds: list[tuple[int, int]], fast: bool,
+                 device: torch.device, sync_every: int, progress: bool) -> list[TrainResult]:
+    """train_batched's loop, for checked arguments."""
+    cfg, k = cfgs[0], len(cfgs)
+    seeds = [_SeedRun(sink) for sink in sinks]
+    model = StackedCNN.from_models([build_model(bn=c.bn, init=c.init, init_seed=c.resolved_init_seed)
+                                    for c in cfgs], grouped=fast).to(device)
     opt = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, beta1=cfg.beta1,
                          beta2=cfg.beta2, eps=cfg.eps)
     data_gens = [torch.Generator().manual_seed(c.resolved_data_seed) for c in cfgs]  # batch order
     n_train = len(data.train_y)
-    bounds = batch_bounds(n_train, cfg.batch_size, bn=cfg.bn)
     sched_steps, start_epoch, global_step = 0, 0, 0
 
     group_key = _group_key(run_keys)
@@ -439,78 +538,82 @@ def train_batched(cfgs: list[TrainConfig], data: Prepared, *,
             retired = torch.tensor([i for i, s in enumerate(seeds) if not s.alive],
                                    dtype=torch.long, device=device)
 
+    names = {c.run_name for c in cfgs}
+    bar = _progress_bar(progress, total=cfg.epochs * len(bounds), done=start_epoch * len(bounds),
+                        label=names.pop() if len(names) == 1 else f"{k} runs")
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        if not any(s.alive for s in seeds):
-            break
-        t_epoch = time.perf_counter()
-        in_epoch = [s for s in seeds if s.alive]
-        for s in in_epoch:
-            s.running, s.running_n, s.epoch_sum = 0.0, 0, 0.0
-        perms = torch.stack([torch.randperm(n_train, generator=g) for g in data_gens]).to(device)
-        pending: list[torch.Tensor] = []
-        first_pending = global_step
-        for start, stop in bounds:
-            # schedule: the lr in effect for this step, shared by the cell's seeds
-            opt.lr = scheduled_lr(cfg.scheduler, cfg.lr, sched_steps,
-                                  step_size=cfg.step_size, gamma=cfg.gamma)
-            # forward: seed k's batch is data[perms[k, start:stop]]
-            idx = perms[:, start:stop]  # (K, B)
-            x = data.train_x[idx]  # (K, B, 3, 32, 32)
-            if len(retired):
-                x.index_fill_(0, retired, 0.0)
-            opt.zero_grad()
-            losses = seed_losses(model(x), data.train_y[idx])
-            # backward: d(sum)/d(seed k's weights) = seed k's own gradient
-            (losses.sum() if not len(retired) else (losses * live).sum()).backward()
-            # step
-            opt.step()
-            if cfg.effective_interval == "batch":
-                sched_steps += 1
-            global_step += 1
-            # log
-            pending.append(losses.detach())
-            if len(pending) == sync_every:
+    with bar or nullcontext():
+        for epoch in range(start_epoch, cfg.epochs):
+            if not any(s.alive for s in seeds):
+                break
+            t_epoch = time.perf_counter()
+            in_epoch = [s for s in seeds if s.alive]
+            for s in in_epoch:
+                s.running, s.running_n, s.epoch_sum = 0.0, 0, 0.0
+            perms = torch.stack([torch.randperm(n_train, generator=g) for g in data_gens]).to(device)
+            pending: list[torch.Tensor] = []
+            first_pending = global_step
+            for start, stop in bounds:
+                # schedule: the lr in effect for this step, shared by the cell's seeds
+                opt.lr = scheduled_lr(cfg.scheduler, cfg.lr, sched_steps,
+                                      step_size=cfg.step_size, gamma=cfg.gamma)
+                # forward: seed k's batch is data[perms[k, start:stop]]
+                idx = perms[:, start:stop]  # (K, B)
+                x = data.train_x[idx]  # (K, B, 3, 32, 32)
+                if len(retired):
+                    x.index_fill_(0, retired, 0.0)
+                opt.zero_grad()
+                losses = seed_losses(model(x), data.train_y[idx])
+                # backward: d(sum)/d(seed k's weights) = seed k's own gradient
+                (losses.sum() if not len(retired) else (losses * live).sum()).backward()
+                # step
+                opt.step()
+                if cfg.effective_interval == "batch":
+                    sched_steps += 1
+                global_step += 1
+                # log
+                pending.append(losses.detach())
+                if len(pending) == sync_every:
+                    retire(read_losses(pending, first_pending))
+                    pending, first_pending = [], global_step
+                    if not any(s.alive for s in seeds):
+                        break
+            if pending:
                 retire(read_losses(pending, first_pending))
-                pending, first_pending = [], global_step
-                if not any(s.alive for s in seeds):
-                    break
-        if pending:
-            retire(read_losses(pending, first_pending))
-        elapsed = time.perf_counter() - t_epoch
-        for s in in_epoch:
-            s.train_seconds += elapsed
-        finished = [s for s in in_epoch if s.alive]
-        if not finished:
-            break
-        for s in finished:
-            if s.running_n:
-                s.emit("train_loss", s.running / s.running_n, s.steps - 1)
-        # evaluate
-        lr_used = opt.lr
-        if cfg.effective_interval == "epoch":
-            sched_steps += 1
-        scores = evaluate_stacked(model, data.test_x, data.test_y)
-        epoch_seconds = time.perf_counter() - t_epoch
-        for s, (acc, loss) in zip(seeds, scores):
-            if s not in finished:
-                continue
-            s.train_loss_epoch = s.epoch_sum / len(bounds)
-            s.test_accuracy, s.test_loss = acc, loss
-            s.emit("train_loss_epoch", s.train_loss_epoch, epoch + 1)
-            s.emit("test_accuracy", acc, epoch + 1)
-            s.emit("test_loss", loss, epoch + 1)
-            s.emit("lr", lr_used, epoch + 1)
-            s.emit("epoch_seconds", epoch_seconds, epoch + 1)
-            s.epochs_completed = epoch + 1
-        # checkpoint
-        if checkpoint is not None:
-            save_checkpoint(Path(checkpoint), {
-                "run_key": group_key, "epoch": epoch + 1, "global_step": global_step,
-                "sched_steps": sched_steps, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "data_gens": [g.get_state() for g in data_gens],
-                "seeds": [s.saved() for s in seeds],
-            })
+            elapsed = time.perf_counter() - t_epoch
+            for s in in_epoch:
+                s.train_seconds += elapsed
+            finished = [s for s in in_epoch if s.alive]
+            if not finished:
+                break
+            for s in finished:
+                if s.running_n:
+                    s.emit("train_loss", s.running / s.running_n, s.steps - 1)
+            # evaluate
+            lr_used = opt.lr
+            if cfg.effective_interval == "epoch":
+                sched_steps += 1
+            scores = evaluate_stacked(model, data.test_x, data.test_y)
+            epoch_seconds = time.perf_counter() - t_epoch
+            for s, (acc, loss) in zip(seeds, scores):
+                if s not in finished:
+                    continue
+                s.train_loss_epoch = s.epoch_sum / len(bounds)
+                s.test_accuracy, s.test_loss = acc, loss
+                s.emit("train_loss_epoch", s.train_loss_epoch, epoch + 1)
+                s.emit("test_accuracy", acc, epoch + 1)
+                s.emit("test_loss", loss, epoch + 1)
+                s.emit("lr", lr_used, epoch + 1)
+                s.emit("epoch_seconds", epoch_seconds, epoch + 1)
+                s.epochs_completed = epoch + 1
+            # checkpoint
+            if checkpoint is not None:
+                save_checkpoint(Path(checkpoint), {
+                    "run_key": group_key, "epoch": epoch + 1, "global_step": global_step,
+                    "sched_steps": sched_steps, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "data_gens": [g.get_state() for g in data_gens],
+                    "seeds": [s.saved() for s in seeds],
+                })
 
     results = []
     for i, s in enumerate(seeds):

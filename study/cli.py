@@ -8,13 +8,19 @@ from pathlib import Path
 
 import click
 
-from .config import (INITS, OPTIMIZERS, SCHEDULER_INTERVALS, SCHEDULERS, ConfigError,
+from .config import (INITS, KERNELS, OPTIMIZERS, SCHEDULER_INTERVALS, SCHEDULERS, ConfigError,
                      TrainConfig)
 from .data import DataNotFoundError
 
 BUNDLED_MINI = Path(__file__).resolve().parent.parent / "tests" / "data" / "cifar10-mini"
 TRUE_WORDS = ("true", "on", "yes", "1")
 FALSE_WORDS = ("false", "off", "no", "0")
+
+
+KERNELS_HELP = ("Arithmetic: 'fast' (seed-stacked model with grouped channels-last convolutions, "
+                "denormals flushed; a run's result does not depend on the runs batched with it) or "
+                "'reference' (the lecture's layer calls, bit for bit its loop): the same math, other "
+                "rounding. Part of the run key.")
 
 
 def resolve_device(device: str) -> str:
@@ -119,6 +125,7 @@ def main() -> None:
               help="Use a seeded, class-stratified subset of N test images (0 = all 10,000).")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
               help="Where to train.")
+@click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True, help=KERNELS_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's choice). Logged; keep it fixed where results must match bit for bit.")
 @click.option("--log-every", type=click.IntRange(min=1), default=500, show_default=True,
@@ -147,7 +154,8 @@ def train(**kw) -> None:
             batch_size=kw["batch_size"], epochs=kw["epochs"], seed=kw["seed"],
             init_seed=kw["init_seed"], data_seed=kw["data_seed"],
             train_limit=limit_or_none(kw["train_limit"]), test_limit=limit_or_none(kw["test_limit"]),
-            device=resolve_device(kw["device"]), threads=kw["threads"], log_every=kw["log_every"])
+            device=resolve_device(kw["device"]), threads=kw["threads"], log_every=kw["log_every"],
+            kernels=kw["kernels"])
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
@@ -238,7 +246,18 @@ class _Budget(click.ParamType):
         return number
 
 
+class _GridChoice(click.Choice):
+    """One of ``choices``, or '' / 'grid' for "keep the grid's value"."""
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).strip().lower() in ("", "grid"):
+            return None
+        return super().convert(value, param, ctx)
+
+
 def budget_options(f):
+    f = click.option("--kernels", type=_GridChoice(KERNELS), default=None,
+                     help=KERNELS_HELP + " Default: the grid's setting, else fast.")(f)
     f = click.option("--test-limit", type=_Budget(0), default=None,
                      help="Override the grid's test subset size for every cell (0 = all 10,000).")(f)
     f = click.option("--train-limit", type=_Budget(0), default=None,
@@ -266,6 +285,8 @@ def _load_selection(grid_file, kw):
     for k in ("train_limit", "test_limit"):
         if kw.get(k) is not None:
             overrides[k] = limit_or_none(kw[k])
+    if kw.get("kernels"):
+        overrides["kernels"] = kw["kernels"]
     try:  # every cell must accept the overrides before anything runs
         for c in cells:
             c.config(seeds[0], **overrides)
@@ -315,8 +336,9 @@ def grid_cmd(grid_file, **kw) -> None:
 @click.option("--work-dir", type=click.Path(file_okay=False), default="study-work", show_default=True,
               help="Checkpoints and the study lock (on a cluster: a directory every node shares).")
 @click.option("--seed-batch", default="auto", show_default=True, metavar="auto|off|K",
-              help="Train up to K seeds of a cell as one seed-batched model (auto: all seeds of a cell, "
-                   "split so that every worker has work). On CPU results are bit for bit those of separate runs.")
+              help="Train up to K runs as one stacked model: the seeds of a cell, and of cells that differ only "
+                   "in init or in schedules with the same lr at every step (auto: up to 16 on CPU, 64 on CUDA, "
+                   "split so that every worker has work). A run's result does not depend on its group.")
 @click.option("--log-model/--no-log-model", default=True, show_default=True, help="Log each trained model.")
 @click.option("--quiet", "-q", is_flag=True, help="Only the closing summary.")
 @data_options

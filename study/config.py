@@ -21,6 +21,8 @@ SCHEDULERS = ("none", "step", "exponential")
 # built but `scheduler.step()` is never called, so the lr stays constant.
 SCHEDULER_INTERVALS = ("epoch", "batch", "never")
 DEVICES = ("auto", "cpu", "cuda")
+# How the arithmetic runs (see TrainConfig.kernels).
+KERNELS = ("fast", "reference")
 FACTORS = ("optimizer", "bn", "init", "scheduler")
 
 # Fields that say how a run is executed, not what it computes: left out of the run key so
@@ -61,6 +63,15 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     subset_seed: int = 0  # fixed across run seeds, so every seed sees the same subset
+    # --- arithmetic: the same model and update rules, computed two ways ---
+    # "fast": the seed-stacked model of study.batched (grouped channels-last convolutions, one
+    #   BatchNorm call per layer over all stacked seeds, denormals flushed to zero); a run's
+    #   result is bit for bit the same whichever runs share its group, and alone.
+    # "reference": the lecture's layer calls on each model and foreach torch.optim, bit for bit
+    #   what the lecture's own loop computes from the same weights and batches.
+    # The two agree to float rounding per step; over thousands of steps the rounding grows
+    # like any other (seed-noise-sized at most; `study verify` measures it).
+    kernels: str = "fast"
     # --- execution (not part of the run key) ---
     device: str = "cpu"  # resolved device ("cpu" or "cuda"); "auto" is resolved by the CLI
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
@@ -107,6 +118,8 @@ class TrainConfig:
         d["init_seed"] = self.resolved_init_seed
         d["data_seed"] = self.resolved_data_seed
         d["scheduler_interval"] = self.effective_interval
+        if self.kernels == "reference":
+            del d["kernels"]  # the arithmetic of every run logged before the setting existed
         return d
 
 
@@ -138,6 +151,7 @@ def validate(cfg: TrainConfig) -> None:
     _choice("scheduler", cfg.scheduler, SCHEDULERS)
     _choice("scheduler_interval", cfg.scheduler_interval, SCHEDULER_INTERVALS)
     _choice("device", cfg.device, ("cpu", "cuda"))
+    _choice("kernels", cfg.kernels, KERNELS)
     if not isinstance(cfg.bn, bool):
         raise ConfigError(f"bn={cfg.bn!r} is not allowed; use true or false")
     positive_ints = {"epochs": cfg.epochs, "batch_size": cfg.batch_size,

@@ -76,38 +76,37 @@ def plan(grid: Grid, cells: list[Cell], seeds: list[int], fingerprint: str,
 
 
 def group_specs(specs: list[RunSpec], seed_batch: str | int, workers: int, device: str) -> list[list[RunSpec]]:
-    """Split the runs to do into groups trained together: the seeds of one cell.
+    """Split the runs to do into groups, each trained as one stacked model.
 
-    ``seed_batch`` is ``"off"`` (one run per group), an int K (at most K seeds per group) or
-    ``"auto"``: all seeds of a cell together where :func:`study.batched.worth_batching` says it
-    pays, split further while there are fewer groups than workers, so no worker idles.
+    Runs may share a group where :func:`study.batched.group_fields` agree: the seeds of one
+    cell, and of cells that differ only in init or in schedules that give the same learning rate
+    at every step (at the lecture's budget, no scheduler and StepLR(step_size=30)).
+    ``seed_batch`` is ``"off"`` (one run per group), an int K (at most K runs per group) or
+    ``"auto"``: at most :func:`study.batched.auto_group_size` runs per group, split further
+    while there are fewer groups than workers, so no worker idles. Groups are as even as
+    possible: 30 runs in groups of at most 16 make two groups of 15.
     """
-    from .batched import worth_batching
+    from .batched import auto_group_size, group_fields
 
-    by_cell: dict[str, list[RunSpec]] = {}
+    buckets: dict[str, list[RunSpec]] = {}
     for s in specs:
-        ident = repr(sorted((k, v) for k, v in s.cfg.key_fields().items()
-                            if k not in ("seed", "init_seed", "data_seed")))
-        by_cell.setdefault(ident, []).append(s)
+        buckets.setdefault(repr(sorted(group_fields(s.cfg).items())), []).append(s)
     if seed_batch == "off":
         size = 1
     elif seed_batch == "auto":
-        size = max(len(v) for v in by_cell.values()) if by_cell else 1
-        if not worth_batching(device, size):
-            size = 1
-        while size > 1 and sum(-(-len(v) // size) for v in by_cell.values()) < workers:
+        size = min(auto_group_size(device), max((len(v) for v in buckets.values()), default=1))
+        while size > 1 and sum(-(-len(v) // size) for v in buckets.values()) < workers:
             size -= 1
-        groups = []
-        for v in by_cell.values():  # split each cell into equal-sized groups: 4 seeds -> 2 + 2
-            n = -(-len(v) // size)
-            bounds = [round(i * len(v) / n) for i in range(n + 1)]
-            groups += [v[a:b] for a, b in zip(bounds, bounds[1:])]
-        return groups
     else:
         size = int(seed_batch)
         if size < 1:
             raise StudyError(f"seed_batch={seed_batch!r} is not allowed; use auto, off or a whole number >= 1")
-    return [v[i:i + size] for v in by_cell.values() for i in range(0, len(v), size)]
+    groups = []
+    for v in buckets.values():
+        n = -(-len(v) // size)
+        bounds = [round(i * len(v) / n) for i in range(n + 1)]
+        groups += [v[a:b] for a, b in zip(bounds, bounds[1:])]
+    return groups
 
 
 def default_threads(workers: int) -> int:
@@ -283,8 +282,8 @@ def run_study(grid: Grid, cells: list[Cell], *, seeds: list[int], overrides: dic
       executor: ``local`` or ``ray``; ``ray_address`` for an existing cluster.
       experiment: MLflow experiment name (ignored inside ``mlflow run``, which sets it).
       work_dir: checkpoints and the driver lock live under ``work_dir/<study>``.
-      seed_batch: ``off``, ``auto`` or K: train up to K seeds of a cell as one batched model
-        (:func:`group_specs`); on CPU the results are bit for bit those of separate runs.
+      seed_batch: ``off``, ``auto`` or K: train up to K runs as one stacked model
+        (:func:`group_specs`); a run's result does not depend on its group (bit for bit on CPU).
       on_result: called as ``on_result(result, done, total)`` after each run, for progress.
     """
     import mlflow

@@ -191,13 +191,13 @@ def run_cell(cfg: TrainConfig, *, data: Cifar10 | None = None, data_dir: str | P
 def run_cell_group(cfgs: list[TrainConfig], *, data: Cifar10, experiment_id: str,
                    log_model_artifact: bool = True, checkpoint: Path | None = None,
                    parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-                   grouped: bool | None = None) -> list[RunOutcome]:
-    """Train K seeds of one cell as one seed-batched model (:func:`study.batched.train_batched`),
-    each seed logged as its own complete MLflow run, exactly as :func:`run_cell` logs it.
+                   ) -> list[RunOutcome]:
+    """Train K runs as one stacked model (:func:`study.batched.train_batched`), each logged as
+    its own complete MLflow run, exactly as :func:`run_cell` logs it.
 
-    Runs are tagged ``seed_batch=K`` (not part of the run key: on CPU the results are bit for
-    bit those of sequential training). An exception marks every run of the group FAILED
-    (KILLED on Ctrl-C) and is re-raised.
+    Runs are tagged ``seed_batch=K`` (not part of the run key: a run's result does not depend on
+    its group). An exception marks every run of the group FAILED (KILLED on Ctrl-C) and is
+    re-raised.
     """
     from mlflow.tracking.context.registry import resolve_tags
 
@@ -220,8 +220,7 @@ def run_cell_group(cfgs: list[TrainConfig], *, data: Cifar10, experiment_id: str
             run_ids.append(run.info.run_id)
             _log_inputs(client, run.info.run_id, cfg, data.info, prepared)
         buffers = [_MetricBuffer(client, rid) for rid in run_ids]
-        results = train_batched(cfgs, prepared, sinks=buffers, checkpoint=checkpoint, run_keys=keys,
-                                grouped=grouped)
+        results = train_batched(cfgs, prepared, sinks=buffers, checkpoint=checkpoint, run_keys=keys)
         outcomes = []
         for buf, rid, key, cfg, result in zip(buffers, run_ids, keys, cfgs, results):
             buf.flush()

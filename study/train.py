@@ -119,7 +119,16 @@ def train(cfg: TrainConfig, data: Prepared, *, sink: MetricSink | None = None,
     Returns:
       A :class:`TrainResult`. Same config and seed give bit-identical results on CPU for a
       fixed thread count.
+
+    With ``cfg.kernels == "fast"`` the run trains as a group of one in the stacked model of
+    :func:`study.batched.train_batched`, so that it computes exactly what it would in any
+    seed-batched group; with ``"reference"``, the lecture's model classes train here.
     """
+    if cfg.kernels == "fast":
+        from .batched import train_batched
+
+        return train_batched([cfg], data, sinks=[sink], checkpoint=checkpoint, run_keys=[run_key],
+                             progress=progress)[0]
     set_threads(cfg.threads)
     device = torch.device(cfg.device)
     history: list[tuple[str, float, int]] = []

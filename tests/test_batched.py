@@ -1,8 +1,9 @@
-"""Tests for study.batched: K seeds of one cell as one stacked model, against K train() runs.
+"""Tests for study.batched: K runs as one stacked model, against K train() runs.
 
-On CPU the default (per-seed convolutions and BatchNorms) is compared bit for bit: every
-parameter, buffer and logged metric of every seed equals what ``train()`` gives for that seed,
-so the tolerance is zero. The grouped mode (CUDA's default) is compared within float rounding.
+With the reference kernels (per-seed convolutions and BatchNorms) the comparison is bit for
+bit: every parameter, buffer and logged metric of every run equals what ``train()`` gives for
+that run, so the tolerance is zero. The fast kernels are compared with the reference within
+float rounding, and with themselves bit for bit whatever the group a run trains in.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.batched import (SEED_FIELDS, StackedCNN, check_same_cell, evaluate_stacked,
-                           seed_losses, train_batched, worth_batching)
+from study.batched import (MEMBER_FIELDS, StackedCNN, auto_group_size, check_batchable,
+                           evaluate_stacked, lr_signature, seed_losses, train_batched)
 from study.config import INITS, OPTIMIZERS, TrainConfig
 from study.data import Prepared, prepare
 from study.models import CNN, CNNWithBN, build_model
+from study.optim import make_optimizer
 from study.train import evaluate, load_checkpoint, train
 
 K = 3  # seeds per group
@@ -32,7 +34,7 @@ def small(mini_data) -> Prepared:
 
 
 def cfgs_(k: int = K, **kw) -> list[TrainConfig]:
-    base = dict(optimizer="adam", epochs=2, batch_size=4, log_every=3)
+    base = dict(optimizer="adam", epochs=2, batch_size=4, log_every=3, kernels="reference")
     return [TrainConfig(**{**base, **kw, "seed": s}) for s in range(k)]
 
 
@@ -207,36 +209,70 @@ def test_a_group_of_one(small):
     assert_same_run(result, train(cfg, small))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_grouped_mode_is_train_within_rounding(small, optimizer):
-    """CUDA's default, run here on CPU. Without BatchNorm, after 22 steps: parameters within
-    atol 1e-5 for SGD (measured ~1e-7: rounding of ~1e-7 per step, lr 1e-3 times gradients of
-    order 1). Adam rescales each gradient by its running RMS, so a parameter whose gradient is
-    rounding noise moves by up to lr per step either way: its bound is 2 * lr * steps. Losses
-    within 1e-4; accuracy within one of the 50 test images.
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_fast_kernels_are_the_reference_within_rounding(small, optimizer):
+    """Without BatchNorm, after 22 steps: parameters within atol 1e-5 for the SGDs (measured
+    ~1e-7: rounding of ~1e-7 per step, lr 1e-3 times gradients of order 1). Adam rescales each
+    gradient by its running RMS, so a parameter whose gradient is rounding noise moves by up to
+    lr per step either way: its bound is 2 * lr * steps. Losses within 1e-4; accuracy within
+    one of the 50 test images.
     (With BatchNorm on batches of 4, even torch's SGD and the lecture's ManualSGD in train() part
     by 1e-2 within 10 steps: rounding is amplified chaotically, so no tolerance holds over a run;
     test_forward_and_gradients_are_each_seeds checks one step of it.)"""
-    cfgs = cfgs_(optimizer=optimizer, log_every=1)
-    got = train_batched(cfgs, small, grouped=True)
-    atol = 1e-5 if optimizer == "sgd" else 2 * cfgs[0].lr * got[0].steps
+    cfgs = cfgs_(optimizer=optimizer, log_every=1, kernels="fast")
+    got = train_batched(cfgs, small)
+    atol = 1e-5 if optimizer.endswith("sgd") else 2 * cfgs[0].lr * got[0].steps
     for cfg, result in zip(cfgs, got):
-        want = train(cfg, small)
+        want = train(replace(cfg, kernels="reference"), small)
         assert [(n, s) for n, _, s in result.history] == [(n, s) for n, _, s in want.history]
         for (n, a, _), (_, b, _) in zip(metrics(result), metrics(want)):
             tol = 2.0 + 1e-9 if n == "test_accuracy" else 1e-4  # one image of 50 is 2 points
             assert abs(a - b) <= tol, n
         sa, sb = result.model.state_dict(), want.model.state_dict()
         assert all(torch.allclose(sa[k], sb[k], rtol=0, atol=atol) for k in sa)
+        assert not same_state(result.model, want.model)  # other kernels: not the same bits
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("bn", [False, True])
+def test_a_fast_run_is_the_same_in_any_group(mini_prepared, optimizer, bn):
+    """With the fast kernels a run's result is bit for bit the same alone (train(), padded to a
+    group of two), with other seeds, and with other seeds of other inits and schedules, at any
+    place in the group (75 steps on 300 real images; the place used to matter for BatchNorm's
+    channels-last kernels and torch's fused Adam, see _bn_planes and make_optimizer)."""
+    (run,) = cfgs_(k=1, optimizer=optimizer, bn=bn, kernels="fast", init="kaiming", epochs=1,
+                   log_every=25)
+    small = mini_prepared
+    alone = train(run, small)
+    others = [replace(run, seed=7), replace(run, seed=8, init="default", scheduler="step"),
+              replace(run, seed=9, init="xavier"), replace(run, seed=10)]
+    for group in ([run, others[0]], others[:3] + [run], [others[3], run] + others[:2]):
+        got = train_batched(group, small)[group.index(run)]
+        assert_same_run(got, alone)
+
+
+def test_fast_training_flushes_denormals_and_restores_them(small):
+    tiny = torch.tensor([1e-39])  # a denormal float32
+    flushed = []
+
+    def sink(*metric):
+        flushed.append(bool((tiny * 1.0 == 0).item()))
+
+    train_batched(cfgs_(k=2, kernels="fast", epochs=1), small, sinks=[sink, None])
+    assert flushed and all(flushed)  # while training: flushed to zero
+    assert (tiny * 1.0).item() > 0  # afterwards: torch's default again
+    flushed.clear()
+    train_batched(cfgs_(k=2, epochs=1), small, sinks=[sink, None])  # reference: left alone
+    assert flushed and not any(flushed)
 
 
 # ---------------------------------------------------------------------------
-# One cell only
+# Which runs may share a group
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("change", [dict(optimizer="sgd"), dict(bn=True), dict(init="xavier"),
-                                    dict(lr=0.01), dict(epochs=3), dict(scheduler="step"),
-                                    dict(train_limit=40), dict(threads=2), dict(log_every=7)])
+@pytest.mark.parametrize("change", [dict(optimizer="sgd"), dict(bn=True), dict(epochs=3),
+                                    dict(train_limit=40), dict(threads=2), dict(log_every=7),
+                                    dict(kernels="fast")])
 def test_mixing_cells_raises_naming_the_field(small, change):
     cfgs = cfgs_()
     cfgs[2] = replace(cfgs[2], **change)
@@ -245,15 +281,50 @@ def test_mixing_cells_raises_naming_the_field(small, change):
         train_batched(cfgs, small)
 
 
-def test_seed_fields_may_differ_and_lengths_must_match(small):
-    assert SEED_FIELDS == ("seed", "init_seed", "data_seed")
-    check_same_cell([TrainConfig(seed=1), TrainConfig(seed=2, init_seed=5, data_seed=6)])
+@pytest.mark.parametrize("change", [dict(lr=0.01), dict(scheduler="exponential"),
+                                    dict(scheduler="step", step_size=1)])
+def test_another_learning_rate_schedule_may_not_share_a_group(small, change):
+    cfgs = cfgs_()
+    cfgs[1] = replace(cfgs[1], **change)
+    with pytest.raises(ValueError, match=r"differ in lr schedule: .*scheduler"):
+        train_batched(cfgs, small)
+
+
+def test_lr_signature():
+    const = lr_signature(TrainConfig())
+    assert const == ("constant", 0.001)
+    # StepLR(step_size=30) stepped per epoch never decays in 2 epochs; "never" never steps
+    assert lr_signature(TrainConfig(scheduler="step")) == const
+    assert lr_signature(TrainConfig(scheduler="exponential", scheduler_interval="never")) == const
+    assert lr_signature(TrainConfig(scheduler="exponential")) == ("per epoch", (0.001, 0.001 * 0.95))
+    assert lr_signature(TrainConfig(scheduler="step", step_size=2, epochs=3)) == \
+        ("per epoch", (0.001, 0.001, 0.001 * 0.95))
+    # per batch: by its settings before the data are known, step by step after
+    per_batch = TrainConfig(scheduler="step", scheduler_interval="batch", step_size=100)
+    assert lr_signature(per_batch)[0] == "per batch" and lr_signature(per_batch) != const
+    assert lr_signature(per_batch, steps_per_epoch=50) == const  # 100 steps: no decay before step 100
+    assert lr_signature(per_batch, steps_per_epoch=51)[0] == "per batch"
+
+
+def test_member_fields_may_differ_and_lengths_must_match(small):
+    assert MEMBER_FIELDS == ("seed", "init_seed", "data_seed", "init")
+    check_batchable([TrainConfig(seed=1), TrainConfig(seed=2, init_seed=5, data_seed=6, init="xavier"),
+                     TrainConfig(seed=3, scheduler="step")])
     with pytest.raises(ValueError, match="at least one"):
         train_batched([], small)
     with pytest.raises(ValueError, match="sinks"):
         train_batched(cfgs_(), small, sinks=[None])
     with pytest.raises(ValueError, match="run_keys"):
         train_batched(cfgs_(), small, run_keys=["a", "b"])
+
+
+def test_runs_of_cells_that_train_alike_share_a_group_and_match_train(small):
+    """Seeds of three inits and two equivalent schedules in one reference group: bit for bit."""
+    cfgs = [TrainConfig(optimizer="manual_adam", epochs=2, batch_size=4, log_every=3,
+                        kernels="reference", seed=s, init=init, scheduler=sched)
+            for s, (init, sched) in enumerate([("default", "none"), ("kaiming", "step"), ("xavier", "none")])]
+    for cfg, result in zip(cfgs, train_batched(cfgs, small)):
+        assert_same_run(result, train(cfg, small))
 
 
 # ---------------------------------------------------------------------------
@@ -397,7 +468,31 @@ def test_checkpoint_of_another_group_is_ignored(small, tmp_path):
 # When to batch
 # ---------------------------------------------------------------------------
 
-def test_worth_batching():
-    assert worth_batching("cuda", 2) and worth_batching("cuda", 10)
-    assert not worth_batching("cuda", 1) and not worth_batching("cpu", 1)
-    assert worth_batching("cpu", 5)
+def test_auto_group_size():
+    assert auto_group_size("cpu") == 16 and auto_group_size("cuda") == 64
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_an_optimizer_step_does_not_depend_on_the_place_in_the_stack(optimizer):
+    """A seed's slice of a stacked parameter gets the same update at every place in the stack
+    (torch's fused Adam fails this: its vectorized body and scalar remainder round apart)."""
+    def run(n: int, k: int, place: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        order = list(range(1, k))
+        order.insert(place, 0)
+        p0 = torch.randn(k, n, generator=g)[order].reshape(-1)
+        param = torch.nn.Parameter(p0.clone())
+        opt = make_optimizer(optimizer, [param], lr=1e-3)
+        for _ in range(60):
+            scale = 10.0 ** torch.randint(-6, 1, (k, n), generator=g)
+            opt.zero_grad()
+            param.grad = (torch.randn(k, n, generator=g) * scale)[order].reshape(-1)
+            opt.step()
+        return param.detach().view(k, n)[place]
+
+    for n in (450, 84):
+        for seed in range(5):
+            for k in (2, 3):
+                first = run(n, k, 0, seed)
+                for place in range(1, k):
+                    assert torch.equal(run(n, k, place, seed), first), (n, seed, k, place)

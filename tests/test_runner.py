@@ -222,6 +222,31 @@ def test_grouping_of_seeds(mini_data):
     # fewer cells than workers: auto splits the seeds so that every worker has a group
     one_cell = [s for s in specs if s.cfg.cell == specs[0].cfg.cell]
     assert [len(x) for x in group_specs(one_cell, "auto", 2, "cpu")] == [2, 2]
-    assert [len(x) for x in group_specs(specs, 3, 1, "cpu")] == [3, 1] * 4
+    assert [len(x) for x in group_specs(specs, 3, 1, "cpu")] == [2, 2] * 4  # at most 3, evenly
     with pytest.raises(StudyError, match="seed_batch=0"):
         group_specs(specs, 0, 1, "cpu")
+
+
+def test_grouping_of_the_factorial(mini_data):
+    """Cells that differ in init, or in schedules that train alike, share groups of at most 16."""
+    from study.batched import check_batchable, group_fields
+    from study.grid import load_grid
+    from study.runner import group_specs, plan
+
+    g = load_grid(REPO / "experiments" / "factorial.yaml")
+    specs = plan(g, g.cells, list(range(5)), mini_data.info.fingerprint, {})
+    groups = group_specs(specs, "auto", 2, "cpu")
+    # per optimizer x BN: {none, step(30)} x 3 inits x 5 seeds = 30 -> 15 + 15; exponential: 15
+    assert len(groups) == 8 * 3 and {len(grp) for grp in groups} == {15}
+    assert sorted(s.run_key for grp in groups for s in grp) == sorted(s.run_key for s in specs)
+    for grp in groups:
+        check_batchable([s.cfg for s in grp])
+        scheds = {s.cfg.scheduler for s in grp}
+        assert scheds <= {"none", "step"} or scheds == {"exponential"}
+        assert len({(s.cfg.optimizer, s.cfg.bn) for s in grp}) == 1
+    assert any(len({s.cfg.init for s in grp}) > 1 for grp in groups)
+    assert [len(x) for x in group_specs(specs, "auto", 2, "cuda")] == [30, 15] * 8
+    with_interval = plan(g, g.cells, [0], mini_data.info.fingerprint, {"scheduler_interval": "batch"})
+    # per batch, before the data are known, StepLR and no scheduler are kept apart
+    assert {len(x) for x in group_specs(with_interval, "auto", 1, "cpu")} == {3}
+    assert len({repr(group_fields(s.cfg)) for s in with_interval}) == 24

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.optim import lr_scheduler
 
 import study.train as st
-from study.config import OPTIMIZERS, SCHEDULER_INTERVALS, SCHEDULERS, TrainConfig
+from study.config import KERNELS, OPTIMIZERS, SCHEDULER_INTERVALS, SCHEDULERS, TrainConfig
 from study.data import Prepared, prepare
 from study.models import build_model
 from study.train import batch_bounds, evaluate, load_checkpoint, train
@@ -35,7 +35,9 @@ def small(mini_data) -> Prepared:
 
 
 def cfg_(**kw) -> TrainConfig:
-    base = dict(optimizer="adam", epochs=2, batch_size=BATCH, log_every=1, seed=0)
+    """A small config; the reference kernels unless ``kernels`` is given: those tests spy on
+    train()'s own loop (the fast kernels train in study.batched's loop; test_batched.py)."""
+    base = dict(optimizer="adam", epochs=2, batch_size=BATCH, log_every=1, seed=0, kernels="reference")
     return TrainConfig(**{**base, **kw})
 
 
@@ -87,8 +89,9 @@ def spy(monkeypatch):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("bn", [False, True])
-def test_same_config_twice_is_identical(small, optimizer, bn):
-    cfg = cfg_(optimizer=optimizer, bn=bn, init="kaiming", scheduler="exponential",
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_same_config_twice_is_identical(small, optimizer, bn, kernels):
+    cfg = cfg_(kernels=kernels, optimizer=optimizer, bn=bn, init="kaiming", scheduler="exponential",
                scheduler_interval="batch", gamma=0.9)
     a, b = train(cfg, small), train(cfg, small)
     assert same_params(a.model, b.model)
@@ -189,9 +192,10 @@ def test_every_optimizer_is_driven_by_the_schedule(small, spy, optimizer):
 # Metrics and the result
 # ---------------------------------------------------------------------------
 
-def test_metrics_steps_and_result(small):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_metrics_steps_and_result(small, kernels):
     sunk = []
-    r = train(cfg_(log_every=3), small, sink=lambda n, v, s: sunk.append((n, v, s)))
+    r = train(cfg_(kernels=kernels, log_every=3), small, sink=lambda n, v, s: sunk.append((n, v, s)))
     assert sunk == r.history
     # train_loss every 3 batches at the global batch index, flushed at each epoch's end:
     # epoch 1 = batches 0-4 -> steps 2, 4; epoch 2 = batches 5-9 -> steps 7, 9
@@ -219,9 +223,10 @@ def test_epoch_loss_is_the_mean_of_the_batch_losses(small):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "manual_sgd"])
 @pytest.mark.parametrize("bn", [False, True])
-def test_huge_lr_diverges_and_is_recorded(small, tmp_path, optimizer, bn):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_huge_lr_diverges_and_is_recorded(small, tmp_path, optimizer, bn, kernels):
     ckpt = tmp_path / "ckpt.pt"
-    r = train(cfg_(optimizer=optimizer, bn=bn, lr=1e6), small, checkpoint=ckpt, run_key="k")
+    r = train(cfg_(kernels=kernels, optimizer=optimizer, bn=bn, lr=1e6), small, checkpoint=ckpt, run_key="k")
     assert r.diverged is True
     assert isinstance(r.diverged_step, int) and 0 <= r.diverged_step < NB
     assert math.isnan(r.test_accuracy) and math.isnan(r.test_loss)
@@ -243,10 +248,11 @@ class Interrupt(Exception):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_resume_gives_the_uninterrupted_run(small, tmp_path, optimizer):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_resume_gives_the_uninterrupted_run(small, tmp_path, optimizer, kernels):
     """BN (running stats), a per-batch schedule (scheduler steps) and log_every=3 (a window
     that does not divide an epoch) all have to survive the checkpoint."""
-    two = cfg_(optimizer=optimizer, bn=True, scheduler="exponential", scheduler_interval="batch",
+    two = cfg_(kernels=kernels, optimizer=optimizer, bn=True, scheduler="exponential", scheduler_interval="batch",
                gamma=0.9, log_every=3)
     whole = train(two, small)
 
@@ -369,10 +375,11 @@ def test_evaluate_is_an_argmax_count_in_eval_mode(small, bn):
 @pytest.mark.parametrize("optimizer,lr", [("manual_sgd", 0.05), ("sgd", 0.05),
                                           ("manual_adam", 0.003), ("adam", 0.003)])
 @pytest.mark.parametrize("bn", [False, True])
-def test_a_few_steps_lower_the_training_loss(small, optimizer, lr, bn):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_a_few_steps_lower_the_training_loss(small, optimizer, lr, bn, kernels):
     """One fixed batch of 32, one step per epoch: epoch k's loss is measured before step k."""
     data = Prepared(small.train_x[:32], small.train_y[:32], small.test_x, small.test_y, small.info)
-    r = train(cfg_(optimizer=optimizer, lr=lr, bn=bn, batch_size=32, epochs=6), data)
+    r = train(cfg_(kernels=kernels, optimizer=optimizer, lr=lr, bn=bn, batch_size=32, epochs=6), data)
     losses = [v for _, v in series(r, "train_loss_epoch")]
     assert len(losses) == 6 and r.steps == 6
     assert losses[-1] < losses[0] - 0.01, losses
