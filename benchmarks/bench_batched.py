@@ -1,16 +1,20 @@
-"""Seed-batched training throughput: K sequential ``train()`` runs against one ``train_batched``.
+"""Seed-batched training throughput: K sequential ``train()`` runs against ``train_batched``.
 
-Both run in one process, on the same data, with the same cell (optimizer, BatchNorm), batch
+All run in one process, on the same data, with the same cell (optimizer, BatchNorm), batch
 size (4), thread count and number of optimizer steps per seed:
 
-- ``sequential``: ``study.train.train`` once per seed, seeds 0..K-1, one after another;
-- ``batched``: ``study.batched.train_batched`` on the K configs at once.
+- ``sequential``: ``study.train.train`` once per seed with the reference kernels (the lecture's
+  layer calls), seeds 0..K-1, one after another: one run at a time, as before seed batching;
+- ``batched-ref``: ``study.batched.train_batched`` on the K configs at once, reference kernels
+  (bit for bit the sequential results on CPU);
+- ``batched-fast``: the same with the fast kernels (grouped channels-last convolutions, one
+  BatchNorm call per layer, denormals flushed), equal to the reference within rounding.
 
 Throughput is model-steps per second: K * steps divided by the training time, which is each
 run's ``TrainResult.train_seconds`` (training steps only; the per-epoch evaluation is left out,
-and shown separately in the wall-clock). Both are warmed up first; repeats alternate which goes
-first, so that drift in machine load falls on both, and the medians are compared. The last line
-says whether the two gave the same per-seed results (bit for bit on CPU in the default mode).
+and shown separately in the wall-clock). All are warmed up first; repeats rotate which goes
+first, so that drift in machine load falls on each, and the medians are compared. The last
+lines say how the batched results compare with the sequential ones.
 
 Example:
   CIFAR10_DIR=/work/shared/data/cifar10-jpeg .venv/bin/python benchmarks/bench_batched.py \\
@@ -53,10 +57,10 @@ def budget(steps: int, n_train: int) -> tuple[int, int, int]:
     return n_train, epochs, epochs * per_epoch
 
 
-def configs(args, k: int, train_limit: int, epochs: int) -> list[TrainConfig]:
+def configs(args, k: int, train_limit: int, epochs: int, kernels: str) -> list[TrainConfig]:
     return [TrainConfig(optimizer=args.optimizer, bn=args.bn, lr=LR, batch_size=BATCH_SIZE,
                         epochs=epochs, train_limit=train_limit, test_limit=TEST_LIMIT, seed=s,
-                        threads=args.threads, device=args.device) for s in range(k)]
+                        threads=args.threads, device=args.device, kernels=kernels) for s in range(k)]
 
 
 def run_sequential(cfgs, data) -> tuple[float, float, list]:
@@ -66,10 +70,10 @@ def run_sequential(cfgs, data) -> tuple[float, float, list]:
     return sum(r.train_seconds for r in results), time.perf_counter() - t0, results
 
 
-def run_batched(cfgs, data, grouped) -> tuple[float, float, list]:
+def run_batched(cfgs, data) -> tuple[float, float, list]:
     """(training seconds, wall seconds, results) of one train_batched over all configs."""
     t0 = time.perf_counter()
-    results = train_batched(cfgs, data, grouped=grouped)
+    results = train_batched(cfgs, data)
     return results[0].train_seconds, time.perf_counter() - t0, results
 
 
@@ -107,10 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn", action="store_true", help="CNNWithBN instead of CNN.")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="device of the data and models (default: %(default)s).")
-    p.add_argument("--grouped", choices=("auto", "yes", "no"), default="auto",
-                   help="train_batched's convolutions: one grouped call per layer (yes), K "
-                        "ordinary calls (no), or its default for the device (auto: grouped on "
-                        "CUDA only).")
     p.add_argument("--repeats", type=int, default=1,
                    help="timed runs of each, alternating which goes first (default: %(default)s).")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -132,7 +132,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    grouped = {"auto": None, "yes": True, "no": False}[args.grouped]
     try:
         cifar = load_cifar10(args.data_dir, cache_dir=args.cache_dir)
     except DataNotFoundError as e:
@@ -142,50 +141,54 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare(cifar, train_limit=train_limit, test_limit=TEST_LIMIT, subset_seed=0,
                    device=args.device)
     warm = prepare(cifar, train_limit=200, test_limit=100, subset_seed=0, device=args.device)
-    cfgs = configs(args, args.k, train_limit, epochs)
-    warm_cfgs = configs(args, args.k, 200, 1)
-    run_sequential(warm_cfgs[:1], warm)
-    run_batched(warm_cfgs, warm, grouped)
+    ways = {  # name -> (run, configs)
+        "sequential": (run_sequential, configs(args, args.k, train_limit, epochs, "reference")),
+        "batched-ref": (run_batched, configs(args, args.k, train_limit, epochs, "reference")),
+        "batched-fast": (run_batched, configs(args, args.k, train_limit, epochs, "fast")),
+    }
+    run_sequential(configs(args, 1, 200, 1, "reference"), warm)
+    for kernels in ("reference", "fast"):
+        run_batched(configs(args, args.k, 200, 1, kernels), warm)
 
     cpu = cpu_model()
-    mode = {None: "default", True: "grouped", False: "per-seed"}[grouped]
     print(f"torch {torch.__version__} | device {args.device} | threads {torch.get_num_threads()} | "
-          f"cpu {cpu} ({os.cpu_count()} logical)")
+          f"cpu {cpu} ({os.cpu_count()} logical) | load average {os.getloadavg()[0]:.1f}")
     print(f"k {args.k} | optimizer {args.optimizer} | bn {args.bn} | batch {BATCH_SIZE} | "
-          f"steps/seed {steps} (train_limit {train_limit}, epochs {epochs}) | batched convs {mode}")
-    seq, bat = [], []
+          f"steps/seed {steps} (train_limit {train_limit}, epochs {epochs})")
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    results: dict[str, list] = {}
+    names = list(ways)
     for r in range(args.repeats):
-        order = ("sequential", "batched") if r % 2 == 0 else ("batched", "sequential")
-        for which in order:
-            if which == "sequential":
-                t_train, t_wall, seq_results = run_sequential(cfgs, data)
-                seq.append((t_train, t_wall))
-            else:
-                t_train, t_wall, bat_results = run_batched(cfgs, data, grouped)
-                bat.append((t_train, t_wall))
-            print(f"  repeat {r + 1}/{args.repeats} {which:<10} {args.k * steps / t_train:8.1f} "
+        for name in names[r % 3:] + names[:r % 3]:
+            run, cfgs = ways[name]
+            t_train, t_wall, results[name] = run(cfgs, data)
+            times[name].append((t_train, t_wall))
+            print(f"  repeat {r + 1}/{args.repeats} {name:<12} {args.k * steps / t_train:8.1f} "
                   f"model-steps/s (train {t_train:.1f} s, wall {t_wall:.1f} s)", flush=True)
 
-    seq_sps = statistics.median(args.k * steps / t for t, _ in seq)
-    bat_sps = statistics.median(args.k * steps / t for t, _ in bat)
-    equal, worst = same_results(seq_results, bat_results)
-    diverged = sum(r.diverged for r in seq_results + bat_results)
+    sps = {name: statistics.median(args.k * steps / t for t, _ in ts) for name, ts in times.items()}
+    base = sps["sequential"]
     print(f"k={args.k} bn={args.bn} {args.optimizer} threads={args.threads} {args.device}: "
-          f"sequential {seq_sps:.1f} model-steps/s | batched {bat_sps:.1f} model-steps/s | "
-          f"ratio {bat_sps / seq_sps:.2f}x | results "
-          + ("bitwise identical" if equal else f"differ (max |param diff| {worst:.2e})")
-          + (f" | {diverged} diverged runs" if diverged else ""))
+          + " | ".join(f"{name} {v:.1f} model-steps/s ({v / base:.2f}x)" for name, v in sps.items()))
+    comparison = {}
+    for name in ("batched-ref", "batched-fast"):
+        equal, worst = same_results(results["sequential"], results[name])
+        accs = [abs(a.test_accuracy - b.test_accuracy) for a, b in zip(results["sequential"], results[name])]
+        comparison[name] = {"bitwise_identical": equal, "max_param_diff": worst, "max_accuracy_diff": max(accs)}
+        print(f"  {name} vs sequential: " + ("bitwise identical" if equal else
+              f"max |param diff| {worst:.2e}, max |test accuracy diff| {max(accs):.2f} points"))
+    diverged = sum(r.diverged for rs in results.values() for r in rs)
+    if diverged:
+        print(f"  {diverged} diverged runs")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "settings": {**{k: str(v) for k, v in vars(args).items()}, "steps_taken": steps,
                          "train_limit": train_limit, "epochs": epochs},
             "torch": torch.__version__, "cpu": cpu,
-            "sequential": {"train_seconds": [t for t, _ in seq], "wall_seconds": [w for _, w in seq],
-                           "median_model_steps_per_second": seq_sps},
-            "batched": {"train_seconds": [t for t, _ in bat], "wall_seconds": [w for _, w in bat],
-                        "median_model_steps_per_second": bat_sps},
-            "ratio": bat_sps / seq_sps, "bitwise_identical": equal, "max_param_diff": worst,
+            **{name: {"train_seconds": [t for t, _ in ts], "wall_seconds": [w for _, w in ts],
+                      "median_model_steps_per_second": sps[name]} for name, ts in times.items()},
+            "ratios": {name: sps[name] / base for name in sps}, "comparison": comparison,
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -1,15 +1,18 @@
 """Built-in checks that the study's machinery does what it claims (``study verify``).
 
 1. determinism: one cell and seed trained twice gives bit-identical parameters and metrics;
-2. hand-written vs torch.optim optimizers from identical weights and batches: the largest
+2. the fast kernels: a run trained alone and inside a group of other runs (other seeds, inits
+   and an equivalent schedule) gives bit-identical parameters and metrics; its distance from
+   the reference kernels is reported;
+3. hand-written vs torch.optim optimizers from identical weights and batches: the largest
    parameter difference after each of the first steps, against a float32 tolerance;
-3. every cell of the 4 x 2 x 3 x 3 grid builds, runs a few steps and lowers the loss.
+4. every cell of the 4 x 2 x 3 x 3 grid builds, runs a few steps and lowers the loss.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +22,7 @@ from .data import Prepared
 from .models import build_model
 from .optim import make_optimizer, scheduled_lr
 from .train import train
+from .batched import train_batched
 
 # A float32 tolerance for "the same update rule": both sides round differently (torch.optim
 # fuses ops), and differences compound through the gradients of later steps.
@@ -44,6 +48,29 @@ def check_determinism(data: Prepared, cfg: TrainConfig) -> Check:
                  f"parameters identical: {same_params}; metrics identical: {same_metrics}; "
                  f"test accuracy {a.test_accuracy:.2f}% both times" if same_params and same_metrics
                  else f"parameters identical: {same_params}; metrics identical: {same_metrics}")
+
+
+def check_fast_kernels(data: Prepared, cfg: TrainConfig) -> Check:
+    """The fast kernels give a run the same result alone and in a group; report the distance
+    from the reference kernels."""
+    cfg = replace(cfg, kernels="fast")
+    alone = train(cfg, data)
+    others = [replace(cfg, seed=cfg.seed + 100, init="xavier"),
+              replace(cfg, seed=cfg.seed + 101, init="default", scheduler="none"
+                      if cfg.effective_interval != "batch" else cfg.scheduler)]
+    grouped = train_batched([others[0], cfg, others[1]], data)[1]
+    reference = train(replace(cfg, kernels="reference"), data)
+    same_params = all(torch.equal(p, q) for p, q in zip(alone.model.state_dict().values(),
+                                                         grouped.model.state_dict().values()))
+    metrics = lambda r: [(n, v, s) for n, v, s in r.history if n != "epoch_seconds"]  # noqa: E731
+    same = same_params and metrics(alone) == metrics(grouped)
+    worst = max((p - q).abs().max().item() for p, q in zip(alone.model.state_dict().values(),
+                                                           reference.model.state_dict().values())
+                if p.is_floating_point())
+    return Check(f"fast kernels: {cfg.run_name} alone = in a group of 3", same,
+                 f"{'identical' if same else 'DIFFERENT'} parameters and metrics; vs the reference "
+                 f"kernels: max |param diff| {worst:.2e}, test accuracy {alone.test_accuracy:.2f}% vs "
+                 f"{reference.test_accuracy:.2f}%")
 
 
 def optimizer_divergence(manual: str, reference: str, data: Prepared, *, steps: int = 50,
@@ -123,6 +150,7 @@ def run_checks(data: Prepared, *, epochs: int = 1) -> list[Check]:
                       scheduler_interval="batch", step_size=10, epochs=epochs, seed=1, log_every=10)
     return [
         check_determinism(data, cfg),
+        check_fast_kernels(data, cfg),
         check_optimizer_pair("manual_sgd", "sgd", data),
         check_optimizer_pair("manual_adam", "adam", data),
         check_grid(data),

@@ -92,4 +92,5 @@ def test_every_option_has_help(command):
 def test_verify_passes_on_the_bundled_subset(session_cache):
     res = invoke("verify", "--cache-dir", str(session_cache), "--train-limit", "200", "--threads", "1")
     assert res.exit_code == 0, res.output
-    assert res.output.count("PASS") == 4 and "FAIL" not in res.output
+    assert res.output.count("PASS") == 5 and "FAIL" not in res.output
+    assert "fast kernels" in res.output

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import replace
 
 import pytest
+import torch
 
 import study.verify as sv
 from study.config import INITS, OPTIMIZERS, SCHEDULERS, TrainConfig
@@ -22,12 +23,28 @@ def small(mini_data):
 
 def test_run_checks_pass_on_the_mini_set(mini_prepared):
     checks = run_checks(mini_prepared)
-    assert len(checks) == 4
+    assert len(checks) == 5
     failed = [(c.name, c.detail) for c in checks if not c.passed]
     assert not failed
     names = [c.name for c in checks]
-    assert names[0].startswith("determinism") and "72 cells" in names[3]
-    assert names[1:3] == ["manual_sgd vs sgd", "manual_adam vs adam"]
+    assert names[0].startswith("determinism") and "72 cells" in names[4]
+    assert names[1].startswith("fast kernels") and "identical parameters" in checks[1].detail
+    assert names[2:4] == ["manual_sgd vs sgd", "manual_adam vs adam"]
+
+
+def test_fast_kernel_check_can_fail(mini_prepared, monkeypatch):
+    """A group that trains a run differently from the run alone must be reported."""
+    real = sv.train_batched
+
+    def nudged(cfgs, data, **kw):
+        results = real(cfgs, data, **kw)
+        with torch.no_grad():
+            next(results[1].model.parameters()).add_(1e-6)
+        return results
+
+    monkeypatch.setattr(sv, "train_batched", nudged)
+    check = sv.check_fast_kernels(mini_prepared, TrainConfig(epochs=1, log_every=10))
+    assert check.passed is False and "DIFFERENT" in check.detail
 
 
 def test_optimizer_check_can_fail(mini_prepared):
