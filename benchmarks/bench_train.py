@@ -101,13 +101,14 @@ def study_budget(steps: int, n_train: int) -> tuple[int, int]:
 
 
 def time_study(data, *, steps: int, warm, optimizer: str, bn: bool, threads: int,
-               train_limit: int, epochs: int, seed: int) -> float:
+               train_limit: int, epochs: int, seed: int, kernels: str = "reference") -> float:
     """Steps per second of ``study.train.train`` (training steps only, warmed up first)."""
     cfg = TrainConfig(optimizer=optimizer, bn=bn, lr=LR, batch_size=BATCH_SIZE, epochs=epochs,
-                      train_limit=train_limit, test_limit=TEST_LIMIT, seed=seed, threads=threads)
+                      train_limit=train_limit, test_limit=TEST_LIMIT, seed=seed, threads=threads,
+                      kernels=kernels)
     if warm is not None:
         train(TrainConfig(optimizer=optimizer, bn=bn, lr=LR, batch_size=BATCH_SIZE, epochs=1,
-                          seed=seed, threads=threads), warm)
+                          seed=seed, threads=threads, kernels=kernels), warm)
     result = train(cfg, data)
     if result.steps != steps:
         raise RuntimeError(f"study took {result.steps} steps, expected {steps}"
@@ -208,6 +209,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: %(default)s).")
     p.add_argument("--bn", action="store_true",
                    help="use CNNWithBN (BatchNorm) instead of the plain CNN in both loops.")
+    p.add_argument("--kernels", choices=("reference", "fast"), default="reference",
+                   help="the study loop's kernels: reference (the lecture's layer calls, one "
+                        "model) or fast (a single run trains as a stacked group of two, see "
+                        "study.batched) (default: %(default)s).")
     p.add_argument("--warmup", type=int, default=50, metavar="N",
                    help="untimed steps run before each timed run (default: %(default)s).")
     p.add_argument("--seed", type=int, default=0, metavar="N",
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 sps = time_study(data, steps=args.steps, warm=warm, optimizer=args.optimizer,
                                  bn=args.bn, threads=args.threads, train_limit=train_limit,
-                                 epochs=epochs, seed=args.seed)
+                                 epochs=epochs, seed=args.seed, kernels=args.kernels)
                 report.study_steps_per_second.append(sps)
             print(f"  repeat {r + 1}/{args.repeats} {loop:<7} {sps:8.1f} steps/s", flush=True)
 

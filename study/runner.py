@@ -164,15 +164,16 @@ def execute_run(task: dict) -> dict:
 
 
 def execute_group(task: dict) -> list[dict]:
-    """Train the seeds of one cell as one seed-batched model; one result per seed, never raises."""
+    """Train a group of runs as one stacked model; one result per run, never raises."""
     import mlflow
 
     from .train import set_threads
     from .tracking import run_cell_group
 
     if len(task["configs"]) == 1:
-        one = {k: v for k, v in task.items() if k not in ("configs", "run_keys")}
-        return [execute_run({**one, "config": task["configs"][0], "run_key": task["run_keys"][0]})]
+        one = {k: v for k, v in task.items() if k not in ("configs", "run_keys", "tags")}
+        return [execute_run({**one, "config": task["configs"][0], "run_key": task["run_keys"][0],
+                             "tags": task["tags"][0]})]
     os.environ.pop("MLFLOW_RUN_ID", None)
     mlflow.set_tracking_uri(task["tracking_uri"])
     cfgs = [TrainConfig(**c) for c in task["configs"]]
@@ -369,8 +370,9 @@ def run_study(grid: Grid, cells: list[Cell], *, seeds: list[int], overrides: dic
             "configs": [asdict(s.cfg) for s in group], "run_keys": [s.run_key for s in group],
             "tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
             "checkpoint": checkpoint(group), "data_dir": data_dir, "cache_dir": cache_dir,
-            "log_model": log_model, "tags": tags(group[0]),
-        } for group in group_specs(todo, seed_batch, workers, device)]
+            "log_model": log_model, "tags": [tags(s) for s in group],  # a group may hold several cells
+        } for group in sorted(group_specs(todo, seed_batch, workers, device), key=len, reverse=True)]
+        # largest groups first: the workers finish together instead of one waiting on the last
         results = (_run_ray(tasks, ray_address, workers) if executor == "ray"
                    else _run_local(tasks, workers))
         done = 0

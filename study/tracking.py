@@ -190,14 +190,14 @@ def run_cell(cfg: TrainConfig, *, data: Cifar10 | None = None, data_dir: str | P
 
 def run_cell_group(cfgs: list[TrainConfig], *, data: Cifar10, experiment_id: str,
                    log_model_artifact: bool = True, checkpoint: Path | None = None,
-                   parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-                   ) -> list[RunOutcome]:
+                   parent_run_id: str | None = None,
+                   extra_tags: list[dict[str, str]] | None = None) -> list[RunOutcome]:
     """Train K runs as one stacked model (:func:`study.batched.train_batched`), each logged as
     its own complete MLflow run, exactly as :func:`run_cell` logs it.
 
     Runs are tagged ``seed_batch=K`` (not part of the run key: a run's result does not depend on
     its group). An exception marks every run of the group FAILED (KILLED on Ctrl-C) and is
-    re-raised.
+    re-raised. ``extra_tags``: more tags for each run, one dict per config.
     """
     from mlflow.tracking.context.registry import resolve_tags
 
@@ -210,8 +210,8 @@ def run_cell_group(cfgs: list[TrainConfig], *, data: Cifar10, experiment_id: str
     keys = [run_key(c, data.info.fingerprint) for c in cfgs]
     run_ids: list[str] = []
     try:
-        for cfg, key in zip(cfgs, keys):
-            tags = {**run_tags(cfg, data.info, key, threads), **(extra_tags or {}),
+        for cfg, key, more in zip(cfgs, keys, extra_tags or [{}] * len(cfgs)):
+            tags = {**run_tags(cfg, data.info, key, threads), **more,
                     "seed_batch": str(len(cfgs)), "mlflow.runName": cfg.run_name,
                     "mlflow.note.content": _description(cfg, data.info)}
             if parent_run_id:

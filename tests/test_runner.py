@@ -250,3 +250,35 @@ def test_grouping_of_the_factorial(mini_data):
     # per batch, before the data are known, StepLR and no scheduler are kept apart
     assert {len(x) for x in group_specs(with_interval, "auto", 1, "cpu")} == {3}
     assert len({repr(group_fields(s.cfg)) for s in with_interval}) == 24
+
+
+def test_a_group_of_several_cells_tags_each_run_with_its_own_cell(tracking, tmp_path, mini_dir, session_cache,
+                                                                 monkeypatch):
+    """Cells differing only in init train as one group; labels and reported accuracies are each
+    run's own, and the group's results are those of runs trained one at a time."""
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "labels.yaml"
+    grid.write_text(textwrap.dedent("""
+        name: labels
+        seeds: 2
+        fixed: {epochs: 1, train_limit: 80, test_limit: 40, log_every: 10}
+        cells:
+          - {optimizer: adam, bn: true, init: default, label: "Adam+BN", reported_accuracy: 53}
+          - {optimizer: adam, bn: true, init: kaiming, label: "+Kaiming", reported_accuracy: 52}
+    """))
+    results = {}
+    for mode in ("auto", "off"):
+        uri = f"sqlite:///{tmp_path / f'{mode}.db'}"
+        res = CliRunner().invoke(main, study_args(grid, mini_dir, session_cache, "--threads", "1", "--workers", "1",
+                                                  "--tracking-uri", uri, "--seed-batch", mode,
+                                                  "--work-dir", str(tmp_path / mode)))
+        assert res.exit_code == 0, res.output
+        runs = children(uri, "labels")
+        assert len(runs) == 4
+        for r in runs:
+            kaiming = r.data.tags["init"] == "kaiming"
+            assert r.data.tags["cell_label"] == ("+Kaiming" if kaiming else "Adam+BN")
+            assert r.data.tags["reported_accuracy"] == ("52" if kaiming else "53")
+        assert {r.data.tags.get("seed_batch") for r in runs} == ({"4"} if mode == "auto" else {None})
+        results[mode] = {k: r.data.metrics["final_test_accuracy"] for k, r in by_key(runs).items()}
+    assert results["auto"] == results["off"]
