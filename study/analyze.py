@@ -101,6 +101,8 @@ _PER_SEED = ("seed", "init_seed", "data_seed")
 SIGNATURE_FIELDS = tuple(f.name for f in fields(TrainConfig)
                          if f.name not in _PER_SEED and f.name not in OPERATIONAL_FIELDS)
 _DATA_KEY = "data"  # the data fingerprint, part of a cell's signature
+# Settings added after runs were logged: what a run without the param computed with.
+_BEFORE_THE_SETTING = {"kernels": "reference"}
 
 RUN_COLUMNS = [
     "run_id", "run_name", "run_key", "cell", "cell_label", "optimizer", "bn", "init",
@@ -270,7 +272,8 @@ def _run_row(run) -> dict[str, Any]:
         "git_commit": tags.get("git_commit", ""),
         "git_dirty": tags.get("git_dirty", ""),
         **{tag: tags.get(tag, "") for tag in ENVIRONMENT_TAGS},
-        "signature": {**{f: run.data.params.get(f, "") for f in SIGNATURE_FIELDS},
+        "signature": {**{f: run.data.params.get(f, _BEFORE_THE_SETTING.get(f, "") if run.data.params else "")
+                         for f in SIGNATURE_FIELDS},
                       _DATA_KEY: tags.get("data_fingerprint", "")},
     }
 

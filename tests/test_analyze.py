@@ -430,3 +430,26 @@ def test_a_study_without_finished_runs_is_a_clear_error(tracking, tmp_path, monk
     with pytest.raises(an.AnalysisError, match="none FINISHED.*out of memory"):
         an.analyze_study("broken", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_logged_before_the_kernels_setting_reads_as_the_reference_kernels(tracking):
+    """Runs logged before `kernels` existed computed with what is now `kernels=reference`."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from study.config import TrainConfig
+    from study.tracking import run_params
+
+    client = MlflowClient(tracking)
+    exp = client.create_experiment("before-kernels")
+    signatures = []
+    for kernels in (None, "fast", "reference"):
+        run = client.create_run(exp, tags={"cell": "adam-nobn-default-none", "seed": "0", "run_key": str(kernels)})
+        params = run_params(TrainConfig(kernels=kernels or "reference"))
+        if kernels is None:
+            del params["kernels"]
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run.info.run_id)
+        signatures.append(an._run_row(client.get_run(run.info.run_id))["signature"])
+    assert [s["kernels"] for s in signatures] == ["reference", "fast", "reference"]
+    assert signatures[0] == signatures[2]  # the same cell, not a variant
