@@ -46,7 +46,7 @@ from .data import Prepared
 from .models import CNNWithBN, build_model
 from .optim import ManualAdam, make_optimizer, scheduled_lr
 from .train import (MetricSink, TrainResult, _progress_bar, batch_bounds, load_checkpoint,
-                    save_checkpoint, set_threads)
+                    save_checkpoint, set_deterministic, set_threads)
 
 # The fields in which the runs of one batched group may differ: each run has its own seeds and
 # its own initial weights. The schedule fields may differ too where the learning rate comes out
@@ -469,6 +469,7 @@ def train_batched(cfgs: list[TrainConfig], data: Prepared, *,
         return padded[:1]
     set_threads(cfg.threads)
     device = torch.device(cfg.device)
+    set_deterministic(device)
     with flushed_denormals(fast and device.type == "cpu"):
         return _train_group(cfgs, data, sinks, checkpoint, run_keys, bounds, fast, device,
                             sync_every or (1 if device.type == "cpu" else 50), progress)

@@ -53,6 +53,15 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def set_deterministic(device: torch.device) -> None:
+    """On CUDA, make cuDNN pick deterministic algorithms (and not benchmark-select them): the
+    same config and seed then give the same result on the same GPU, as on CPU. Like
+    :func:`set_threads`, this sets process-wide state and leaves it set."""
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              batch_size: int = 1000) -> tuple[float, float]:
@@ -131,6 +140,7 @@ def train(cfg: TrainConfig, data: Prepared, *, sink: MetricSink | None = None,
                              progress=progress)[0]
     set_threads(cfg.threads)
     device = torch.device(cfg.device)
+    set_deterministic(device)
     history: list[tuple[str, float, int]] = []
 
     def emit(name: str, value: float, step: int) -> None:

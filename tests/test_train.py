@@ -383,3 +383,14 @@ def test_a_few_steps_lower_the_training_loss(small, optimizer, lr, bn, kernels):
     losses = [v for _, v in series(r, "train_loss_epoch")]
     assert len(losses) == 6 and r.steps == 6
     assert losses[-1] < losses[0] - 0.01, losses
+
+
+def test_set_deterministic_fixes_cudnn_for_cuda_only(monkeypatch):
+    from study.train import set_deterministic
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    set_deterministic(torch.device("cpu"))
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (False, True)
+    set_deterministic(torch.device("cuda"))
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (True, False)
