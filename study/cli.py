@@ -183,8 +183,11 @@ def train(**kw) -> None:
 @click.option("--train-limit", type=click.IntRange(min=0), default=400, show_default=True,
               help="Training images used by the determinism check (0 = all).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
-def verify(data_dir, cache_dir, train_limit, threads) -> None:
-    """Check determinism, hand-written vs torch.optim optimizers, and that every grid cell learns.
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
+              help="Where the determinism and fast-kernel checks train (the optimizer and grid checks run on CPU).")
+def verify(data_dir, cache_dir, train_limit, threads, device) -> None:
+    """Check determinism, the fast kernels, hand-written vs torch.optim optimizers, and that every
+    grid cell learns.
 
     Prints a table; exits non-zero if any check fails.
     """
@@ -202,8 +205,9 @@ def verify(data_dir, cache_dir, train_limit, threads) -> None:
     except DataNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
     prepared = prepare(data, train_limit=limit_or_none(train_limit), test_limit=200, subset_seed=0)
-    checks = run_checks(prepared)
-    table = Table(title=f"study verify on {data.info.path} ({len(prepared.train_y)} train images)")
+    device = resolve_device(device)
+    checks = run_checks(prepared, device=device)
+    table = Table(title=f"study verify on {data.info.path} ({len(prepared.train_y)} train images, {device})")
     for col in ("check", "result", "detail"):
         table.add_column(col)
     for c in checks:

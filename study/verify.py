@@ -145,12 +145,18 @@ def check_grid(data: Prepared) -> Check:
                  "all lowered their loss" if not failures else "did not learn: " + ", ".join(failures))
 
 
-def run_checks(data: Prepared, *, epochs: int = 1) -> list[Check]:
+def run_checks(data: Prepared, *, epochs: int = 1, device: str = "cpu") -> list[Check]:
+    """All checks on ``data`` (CPU tensors). The determinism and fast-kernel checks train on
+    ``device``; the optimizer and grid checks compare update rules on CPU."""
+    on_device = data if device == "cpu" else Prepared(
+        data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
+        data.test_y.to(device), data.info)
     cfg = TrainConfig(optimizer="adam", bn=True, init="kaiming", scheduler="step",
-                      scheduler_interval="batch", step_size=10, epochs=epochs, seed=1, log_every=10)
+                      scheduler_interval="batch", step_size=10, epochs=epochs, seed=1, log_every=10,
+                      device=device)
     return [
-        check_determinism(data, cfg),
-        check_fast_kernels(data, cfg),
+        check_determinism(on_device, cfg),
+        check_fast_kernels(on_device, cfg),
         check_optimizer_pair("manual_sgd", "sgd", data),
         check_optimizer_pair("manual_adam", "adam", data),
         check_grid(data),

@@ -94,3 +94,14 @@ def test_verify_passes_on_the_bundled_subset(session_cache):
     assert res.exit_code == 0, res.output
     assert res.output.count("PASS") == 5 and "FAIL" not in res.output
     assert "fast kernels" in res.output
+
+
+def test_verify_on_cuda_without_a_gpu_is_a_clear_error(session_cache):
+    import torch
+
+    if torch.cuda.is_available():  # the machine has a GPU: the error cannot happen here
+        res = invoke("verify", "--cache-dir", str(session_cache), "--train-limit", "100", "--device", "cuda")
+        assert res.exit_code == 0, res.output
+        return
+    res = invoke("verify", "--cache-dir", str(session_cache), "--train-limit", "100", "--device", "cuda")
+    assert res.exit_code == 2 and "no CUDA GPU is visible" in res.output
