@@ -45,7 +45,7 @@ from .config import TrainConfig
 from .data import Prepared
 from .models import CNNWithBN, build_model
 from .optim import ManualAdam, make_optimizer, scheduled_lr
-from .train import (MetricSink, TrainResult, _progress_bar, batch_bounds, load_checkpoint,
+from .train import (MetricSink, TrainResult, _progress_bar, epoch_batches, load_checkpoint,
                     save_checkpoint, set_deterministic, set_threads)
 
 # The fields in which the runs of one batched group may differ: each run has its own seeds and
@@ -456,11 +456,7 @@ def train_batched(cfgs: list[TrainConfig], data: Prepared, *,
     if k == 0:
         raise ValueError("train_batched needs at least one config")
     cfg = cfgs[0]
-    n_train = len(data.train_y)
-    bounds = batch_bounds(n_train, cfg.batch_size, bn=cfg.bn)
-    if not bounds:
-        raise ValueError(f"{n_train} training example(s) make no batch a "
-                         f"{'BatchNorm ' if cfg.bn else ''}model can train on; use more data")
+    bounds = epoch_batches(len(data.train_y), cfg)
     check_batchable(cfgs, len(bounds))
     fast = cfg.kernels == "fast"
     if fast and k == 1:

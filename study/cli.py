@@ -227,6 +227,12 @@ def filter_options(f):
     return f
 
 
+def _keeps_grid(value) -> bool:
+    """'' or 'grid': how an option (and the MLproject, which cannot leave one out) says "keep
+    the grid's value"."""
+    return value is None or str(value).strip().lower() in ("", "grid")
+
+
 class _Budget(click.ParamType):
     """A whole number, or '' / 'grid' for "keep the grid's value" (how the MLproject says 'unset')."""
 
@@ -236,11 +242,11 @@ class _Budget(click.ParamType):
         self.minimum = minimum
 
     def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int):
+        if _keeps_grid(value):
+            return None
+        if isinstance(value, int):
             return value
         text = str(value).strip().lower()
-        if text in ("", "grid"):
-            return None
         try:
             number = int(float(text))
         except ValueError:
@@ -254,9 +260,7 @@ class _GridChoice(click.Choice):
     """One of ``choices``, or '' / 'grid' for "keep the grid's value"."""
 
     def convert(self, value, param, ctx):
-        if value is None or str(value).strip().lower() in ("", "grid"):
-            return None
-        return super().convert(value, param, ctx)
+        return None if _keeps_grid(value) else super().convert(value, param, ctx)
 
 
 def budget_options(f):

@@ -86,6 +86,15 @@ def batch_bounds(n: int, batch_size: int, *, bn: bool) -> list[tuple[int, int]]:
     return bounds
 
 
+def epoch_batches(n_train: int, cfg: TrainConfig) -> list[tuple[int, int]]:
+    """:func:`batch_bounds` for a config, or ValueError if the data make no batch to train on."""
+    bounds = batch_bounds(n_train, cfg.batch_size, bn=cfg.bn)
+    if not bounds:
+        raise ValueError(f"{n_train} training example(s) make no batch a "
+                         f"{'BatchNorm ' if cfg.bn else ''}model can train on; use more data")
+    return bounds
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,10 +162,7 @@ def train(cfg: TrainConfig, data: Prepared, *, sink: MetricSink | None = None,
                          beta2=cfg.beta2, eps=cfg.eps)
     data_gen = torch.Generator().manual_seed(cfg.resolved_data_seed)  # batch order only
     n_train = len(data.train_y)
-    bounds = batch_bounds(n_train, cfg.batch_size, bn=cfg.bn)
-    if not bounds:
-        raise ValueError(f"{n_train} training example(s) make no batch a "
-                         f"{'BatchNorm ' if cfg.bn else ''}model can train on; use more data")
+    bounds = epoch_batches(n_train, cfg)
     sched_steps = 0  # scheduler steps taken so far
     start_epoch, global_step = 0, 0
     test_acc = test_loss = epoch_loss = float("nan")
